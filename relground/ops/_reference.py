@@ -1,0 +1,112 @@
+"""Readable pure-PyTorch references of the native ops.
+
+Used twice: as the fallback when ``relground._C`` is missing (or a model runs with
+``model.native_ops=False``), and as the oracle in ``tests/ops``. They favour clarity over speed.
+"""
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import Tensor
+
+
+def _roi_align_avg_reference(
+    input: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int = -1, aligned: bool = True
+) -> Tensor:
+    """torchvision RoIAlign at ``output_size`` x ``output_size`` followed by a spatial mean -> [K, C]."""
+    compute_dtype = input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32
+    pooled = torchvision.ops.roi_align(
+        input.to(compute_dtype), rois.to(compute_dtype), output_size, spatial_scale, sampling_ratio, aligned
+    )  # [K, C, P, P]
+    return pooled.mean((2, 3)).to(input.dtype)
+
+
+def _pairwise_iou_reference(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of every pair, batched: [B, N, 4] x [B, M, 4] -> [B, N, M] (2-D in, 2-D out).
+
+    xyxy boxes, no +1 in widths; a pair whose union is empty (zero-area boxes) gets IoU 0.
+    """
+    squeeze = boxes1.dim() == 2
+    if squeeze:
+        boxes1, boxes2 = boxes1[None], boxes2[None]
+    area1 = (boxes1[..., 2] - boxes1[..., 0]).clamp(min=0) * (boxes1[..., 3] - boxes1[..., 1]).clamp(min=0)
+    area2 = (boxes2[..., 2] - boxes2[..., 0]).clamp(min=0) * (boxes2[..., 3] - boxes2[..., 1]).clamp(min=0)
+    lt = torch.maximum(boxes1[:, :, None, :2], boxes2[:, None, :, :2])  # [B, N, M, 2]
+    rb = torch.minimum(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]  # [B, N, M]
+    union = area1[:, :, None] + area2[:, None, :] - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter))
+    return iou[0] if squeeze else iou
+
+
+def _topk_select_reference(scores: Tensor, k: int, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Top-k per row of ``scores`` [R, M] among ``valid`` entries; ties to the lower index.
+
+    Slots beyond a row's number of valid entries get index -1 and value -inf.
+    """
+    masked = scores if valid is None else scores.masked_fill(~valid, float("-inf"))
+    values, indices = torch.sort(masked, dim=1, descending=True, stable=True)
+    values, indices = values[:, :k].contiguous(), indices[:, :k].contiguous()
+    if valid is not None:
+        slot_valid = torch.gather(valid, 1, indices)
+        indices = indices.masked_fill(~slot_valid, -1)
+        values = values.masked_fill(~slot_valid, float("-inf"))
+    return values, indices
+
+
+def _encode_boxes(reference: Tensor, proposals: Tensor, weights: tuple[float, float, float, float]) -> Tensor:
+    """R-CNN box encoding of ``reference`` relative to ``proposals`` (torchvision BoxCoder.encode_single)."""
+    wx, wy, ww, wh = weights
+    ex_w = proposals[..., 2] - proposals[..., 0]
+    ex_h = proposals[..., 3] - proposals[..., 1]
+    ex_x = proposals[..., 0] + 0.5 * ex_w
+    ex_y = proposals[..., 1] + 0.5 * ex_h
+    gt_w = reference[..., 2] - reference[..., 0]
+    gt_h = reference[..., 3] - reference[..., 1]
+    gt_x = reference[..., 0] + 0.5 * gt_w
+    gt_y = reference[..., 1] + 0.5 * gt_h
+    return torch.stack(
+        (wx * (gt_x - ex_x) / ex_w, wy * (gt_y - ex_y) / ex_h, ww * torch.log(gt_w / ex_w), wh * torch.log(gt_h / ex_h)),
+        dim=-1,
+    )
+
+
+@torch.no_grad()
+def _self_taught_targets_reference(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float = 0.6,
+    score_gap: float = 0.1,
+    weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
+    valid: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Self-taught regression targets (paper Sec. 3.3), see ``relground.ops.self_taught_targets``.
+
+    boxes [B, M, 4], scores [B, P, M] -> deltas [B, P, M, 4], selected [B, P, M] bool,
+    weight [B, P, M] (scores dtype), anchor [B, P] int64 (-1 when an image has no valid box).
+    """
+    B, P, M = scores.shape
+    if valid is None:
+        valid = torch.ones(B, M, dtype=torch.bool, device=boxes.device)
+    masked = scores.masked_fill(~valid[:, None, :], float("-inf"))
+    anchor = masked.argmax(dim=2) if M > 0 else torch.zeros(B, P, dtype=torch.long, device=boxes.device)  # first max
+    has_valid = valid.any(dim=1)[:, None].expand(B, P)
+    anchor = torch.where(has_valid, anchor, torch.full_like(anchor, -1))
+    safe_anchor = anchor.clamp(min=0)
+    anchor_boxes = torch.gather(boxes, 1, safe_anchor[..., None].expand(B, P, 4)) if M > 0 else boxes.new_zeros(B, P, 4)
+    iou = _pairwise_iou_reference(anchor_boxes, boxes)  # [B, P, M]
+    m_index = torch.arange(M, device=boxes.device)
+    identical = (anchor_boxes[:, :, None, :] == boxes[:, None, :, :]).all(-1)
+    selected = (
+        (iou >= iou_threshold)
+        & (m_index[None, None, :] != anchor[..., None])
+        & ~identical
+        & valid[:, None, :]
+        & has_valid[..., None]
+    )
+    deltas = _encode_boxes(anchor_boxes[:, :, None, :].expand(B, P, M, 4), boxes[:, None].expand(B, P, M, 4), weights)
+    deltas = torch.where(selected[..., None], deltas, torch.zeros_like(deltas))
+    anchor_score = torch.gather(scores, 2, safe_anchor[..., None])  # [B, P, 1]
+    weight = (selected & (anchor_score - scores >= score_gap)).to(scores.dtype)
+    return deltas, selected, weight, anchor
