@@ -1,0 +1,1 @@
+"""Command-line entry points. Thin: parse arguments, build a config, call into the package."""

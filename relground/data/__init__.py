@@ -1,0 +1,1 @@
+"""Datasets, proposals on disk, batching and the synthetic benchmark."""
