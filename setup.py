@@ -60,7 +60,7 @@ def make_extension():
     arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""
     define_macros = [("RELGROUND_CUDA_ARCH_LIST", '"%s"' % arch_list)]
     opt = ["-O0", "-g"] if _flag("DEBUG") else ["-O3"]
-    extra_compile_args = {"cxx": opt + ["-std=c++17", "-fopenmp"]}
+    extra_compile_args = {"cxx": opt + ["-std=c++20", "-fopenmp"]}
     extra_link_args = ["-fopenmp"]
     ext_cls = CppExtension
     if with_cuda:
@@ -68,7 +68,7 @@ def make_extension():
         sources += sorted(glob.glob(os.path.join("kernels", "*.cu")))
         define_macros.append(("WITH_CUDA", None))
         include_dirs += _pip_cuda_include_dirs()
-        extra_compile_args["nvcc"] = opt + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        extra_compile_args["nvcc"] = opt + ["-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
     print(f"relground: building relground._C with_cuda={with_cuda} arch={arch_list!r} sources={len(sources)}")
     return ext_cls(
         "relground._C",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import warnings
 
+import torch  # noqa: F401  (loads libtorch / libc10 before the extension needs them)
+
 __version__ = "0.1.0"
 
 try:  # the extension registers its ops with the dispatcher on import

@@ -25,6 +25,12 @@ def register(subparsers) -> None:
     rel.add_argument("--out", required=True, help="output JSON file (relations per sentence + categories)")
     rel.add_argument("--workers", type=int, default=0, help="parser processes (0 = all cores)")
     rel.add_argument("--cache-dir", default=None, help="parse cache folder (default: next to --out)")
+    rel.add_argument(
+        "--categories",
+        default=None,
+        help="reuse the relation categories of this relations JSON (the train split's) instead of building them; "
+        "required for val / test so that category ids match training",
+    )
     rel.add_argument("--json", action="store_true", help="print the summary as JSON")
     rel.set_defaults(func=_relations)
 

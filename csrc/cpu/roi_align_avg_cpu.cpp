@@ -1,0 +1,327 @@
+// CPU kernels of roi_align_avg: torchvision's RoIAlign at P x P followed by the mean over the bins,
+// fused so that the K x C x P x P tensor never exists.
+//
+// Why it is separable: the samples of one RoI are the Cartesian product of P*gh y-coordinates and
+// P*gw x-coordinates; torchvision's bilinear weight, its "outside the map -> 0" rule and its clamping
+// all factor into a y-part and an x-part. Hence
+//   out[k, c] = sum_y sum_x Wy[y] * Wx[x] * F[n, c, y, x]
+// with 1-D weights Wy (support rows) and Wx (support columns) built once per RoI, already divided by
+// P*gh and P*gw so that their product carries torchvision's 1 / (P*P*count).
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "relground/checks.h"
+
+namespace relground {
+
+// Defined in csrc/ops/roi_align_avg.cpp.
+void check_roi_align_avg_args(const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height,
+                              int64_t pooled_width, double spatial_scale, c10::DeviceType device_type);
+
+namespace {
+
+// The nonzero 1-D weights of one RoI along one axis: pixel index -> weight, ascending indices.
+template <typename acc_t>
+struct AxisWeights {
+  std::vector<int64_t> index;
+  std::vector<acc_t> weight;
+  // Dense copy over [index.front(), index.back()] for the NCHW inner loop (contiguous, vectorisable).
+  std::vector<acc_t> dense;
+  bool use_dense = false;
+};
+
+// Accumulates torchvision's bilinear weights of the samples of one axis into `scratch` (size `limit`,
+// zero on entry and on exit) and compacts them into `out`. `start` and `size` are the RoI's start and
+// extent in feature-map pixels on this axis; the sample coordinate formula is torchvision's verbatim
+// so that float32 results agree to rounding.
+template <typename acc_t>
+void build_axis_weights(acc_t start, acc_t size, int64_t pooled, int64_t grid, int64_t limit,
+                        std::vector<acc_t>& scratch, AxisWeights<acc_t>& out) {
+  out.index.clear();
+  out.weight.clear();
+  out.dense.clear();
+  out.use_dense = false;
+  if (grid <= 0) return;  // degenerate adaptive RoI: no samples, torchvision outputs 0
+  const acc_t bin_size = size / static_cast<acc_t>(pooled);
+  const acc_t norm = acc_t(1) / static_cast<acc_t>(pooled * grid);
+  int64_t lo = limit, hi = -1;
+  for (int64_t p = 0; p < pooled; ++p) {
+    for (int64_t i = 0; i < grid; ++i) {
+      acc_t v = start + p * bin_size + static_cast<acc_t>(i + .5f) * bin_size / static_cast<acc_t>(grid);
+      if (v < acc_t(-1) || v > static_cast<acc_t>(limit)) continue;  // outside the map: weight 0
+      if (v <= 0) v = 0;
+      int64_t low = static_cast<int64_t>(v);
+      int64_t high;
+      if (low >= limit - 1) {
+        high = low = limit - 1;
+        v = static_cast<acc_t>(low);
+      } else {
+        high = low + 1;
+      }
+      const acc_t frac = v - static_cast<acc_t>(low);
+      scratch[low] += (acc_t(1) - frac) * norm;
+      scratch[high] += frac * norm;
+      lo = std::min(lo, low);
+      hi = std::max(hi, high);
+    }
+  }
+  int64_t nonzero = 0;
+  for (int64_t j = lo; j <= hi; ++j) nonzero += scratch[j] != acc_t(0);
+  out.index.reserve(nonzero);
+  out.weight.reserve(nonzero);
+  // Dense when at most half the span is zero: contiguous loads beat the index gather.
+  out.use_dense = hi >= lo && (hi - lo + 1) <= 2 * nonzero;
+  for (int64_t j = lo; j <= hi; ++j) {
+    if (out.use_dense) out.dense.push_back(scratch[j]);
+    if (scratch[j] != acc_t(0)) {
+      out.index.push_back(j);
+      out.weight.push_back(scratch[j]);
+    }
+    scratch[j] = 0;
+  }
+}
+
+// The per-RoI geometry of torchvision's roi_align (box -> start, extent and sampling grid per axis).
+template <typename acc_t, typename scalar_t>
+void roi_weights(const scalar_t* roi, int64_t pooled_height, int64_t pooled_width, acc_t spatial_scale,
+                 int64_t sampling_ratio, bool aligned, int64_t height, int64_t width, std::vector<acc_t>& scratch_y,
+                 std::vector<acc_t>& scratch_x, AxisWeights<acc_t>& wy, AxisWeights<acc_t>& wx) {
+  const acc_t offset = aligned ? acc_t(0.5) : acc_t(0);
+  const acc_t start_w = static_cast<acc_t>(roi[1]) * spatial_scale - offset;
+  const acc_t start_h = static_cast<acc_t>(roi[2]) * spatial_scale - offset;
+  acc_t roi_width = static_cast<acc_t>(roi[3]) * spatial_scale - offset - start_w;
+  acc_t roi_height = static_cast<acc_t>(roi[4]) * spatial_scale - offset - start_h;
+  if (!aligned) {  // legacy behaviour: force malformed RoIs to be 1x1
+    roi_width = std::max(roi_width, acc_t(1));
+    roi_height = std::max(roi_height, acc_t(1));
+  }
+  const int64_t grid_h = sampling_ratio > 0
+                             ? sampling_ratio
+                             : static_cast<int64_t>(std::ceil(roi_height / static_cast<acc_t>(pooled_height)));
+  const int64_t grid_w =
+      sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(std::ceil(roi_width / static_cast<acc_t>(pooled_width)));
+  build_axis_weights(start_h, roi_height, pooled_height, grid_h, height, scratch_y, wy);
+  build_axis_weights(start_w, roi_width, pooled_width, grid_w, width, scratch_x, wx);
+}
+
+// The weights of every RoI and the RoIs grouped by image (stable counting sort), shared by the
+// forward and backward passes. Grouping lets each (image, channel-block) task own a disjoint slice of
+// the feature map: its plane stays in cache across the RoIs, and the backward needs no atomics and
+// sums in a fixed order.
+template <typename acc_t>
+struct RoiWeightTable {
+  std::vector<AxisWeights<acc_t>> y, x;  // per RoI
+  std::vector<int64_t> image_start;      // [N + 1]: RoIs of image n are order[image_start[n] : image_start[n + 1]]
+  std::vector<int64_t> order;            // [K]
+};
+
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+RoiWeightTable<acc_t> build_weight_table(const scalar_t* roi_data, int64_t num_rois, int64_t pooled_height,
+                                         int64_t pooled_width, double spatial_scale, int64_t sampling_ratio,
+                                         bool aligned, int64_t batch_size, int64_t height, int64_t width,
+                                         const char* op) {
+  RoiWeightTable<acc_t> table;
+  table.y.resize(num_rois);
+  table.x.resize(num_rois);
+  at::parallel_for(0, num_rois, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch_y(height, acc_t(0)), scratch_x(width, acc_t(0));
+    for (int64_t k = begin; k < end; ++k) {
+      roi_weights<acc_t>(roi_data + k * 5, pooled_height, pooled_width, static_cast<acc_t>(spatial_scale),
+                         sampling_ratio, aligned, height, width, scratch_y, scratch_x, table.y[k], table.x[k]);
+    }
+  });
+  table.image_start.assign(batch_size + 1, 0);
+  table.order.resize(num_rois);
+  for (int64_t k = 0; k < num_rois; ++k) {
+    const double image = static_cast<double>(roi_data[k * 5]);  // NaN fails the test below, before the cast
+    RELGROUND_CHECK_ARG(image >= 0 && image < static_cast<double>(batch_size), op, "`rois[", k,
+                        ", 0]` (batch index) must be in [0, ", batch_size, "), got ", image);
+    ++table.image_start[static_cast<int64_t>(image) + 1];
+  }
+  for (int64_t n = 0; n < batch_size; ++n) table.image_start[n + 1] += table.image_start[n];
+  std::vector<int64_t> next(table.image_start.begin(), table.image_start.end() - 1);
+  for (int64_t k = 0; k < num_rois; ++k) table.order[next[static_cast<int64_t>(roi_data[k * 5])]++] = k;
+  return table;
+}
+
+// Tasks over (image, channel block): one channel plane for NCHW; up to 64 contiguous channels for
+// NHWC, so that the innermost loops run along channels.
+inline int64_t channel_block(int64_t channels, bool channels_last) {
+  return channels_last ? std::min<int64_t>(channels, 64) : 1;
+}
+
+template <typename scalar_t>
+void forward_kernel(const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height, int64_t pooled_width,
+                    double spatial_scale, int64_t sampling_ratio, bool aligned, bool channels_last, at::Tensor& output) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t batch_size = input.size(0), channels = input.size(1), height = input.size(2), width = input.size(3);
+  const scalar_t* in = input.const_data_ptr<scalar_t>();  // NCHW or NHWC storage, contiguous
+  scalar_t* out = output.mutable_data_ptr<scalar_t>();    // [K, C]
+  const auto table = build_weight_table<scalar_t>(rois.const_data_ptr<scalar_t>(), rois.size(0), pooled_height,
+                                                  pooled_width, spatial_scale, sampling_ratio, aligned, batch_size,
+                                                  height, width, "roi_align_avg");
+  const int64_t block = channel_block(channels, channels_last);
+  const int64_t num_blocks = (channels + block - 1) / block;
+  at::parallel_for(0, batch_size * num_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(block), column_sum(width);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / num_blocks;
+      const int64_t c0 = (task % num_blocks) * block, c1 = std::min(c0 + block, channels);
+      for (int64_t r = table.image_start[n]; r < table.image_start[n + 1]; ++r) {
+        const int64_t k = table.order[r];
+        const AxisWeights<acc_t>& wy = table.y[k];
+        const AxisWeights<acc_t>& wx = table.x[k];
+        scalar_t* out_k = out + k * channels;
+        if (channels_last) {
+          // Every support pixel adds its weighted channel vector.
+          std::fill(acc.begin(), acc.end(), acc_t(0));
+          acc_t* __restrict__ acc_data = acc.data();
+          for (size_t j = 0; j < wy.index.size(); ++j) {
+            for (size_t i = 0; i < wx.index.size(); ++i) {
+              const acc_t w = wy.weight[j] * wx.weight[i];
+              const scalar_t* __restrict__ pixel =
+                  in + ((n * height + wy.index[j]) * width + wx.index[i]) * channels + c0;
+              for (int64_t c = 0; c < c1 - c0; ++c) acc_data[c] += w * static_cast<acc_t>(pixel[c]);
+            }
+          }
+          for (int64_t c = c0; c < c1; ++c) out_k[c] = static_cast<scalar_t>(acc[c - c0]);
+          continue;
+        }
+        // NCHW: column sums over the support rows weighted by Wy, then one dot product with Wx.
+        // The inner loop is elementwise (independent lanes) so it vectorises; a row-wise dot
+        // product would be one long floating-point dependency chain.
+        const scalar_t* plane = in + (n * channels + c0) * height * width;
+        const int64_t x0 = wx.index.empty() ? 0 : wx.index.front();
+        const size_t num_cols = wx.use_dense ? wx.dense.size() : wx.index.size();
+        acc_t* __restrict__ cols = column_sum.data();
+        std::fill(cols, cols + num_cols, acc_t(0));
+        for (size_t j = 0; j < wy.index.size(); ++j) {
+          const scalar_t* __restrict__ row = plane + wy.index[j] * width;
+          const acc_t w_row = wy.weight[j];
+          if (wx.use_dense) {
+            const scalar_t* __restrict__ row_x0 = row + x0;
+            for (size_t i = 0; i < num_cols; ++i) cols[i] += w_row * static_cast<acc_t>(row_x0[i]);
+          } else {
+            for (size_t i = 0; i < num_cols; ++i) cols[i] += w_row * static_cast<acc_t>(row[wx.index[i]]);
+          }
+        }
+        const acc_t* col_weight = wx.use_dense ? wx.dense.data() : wx.weight.data();
+        acc_t sum = 0;
+        for (size_t i = 0; i < num_cols; ++i) sum += col_weight[i] * cols[i];
+        out_k[c0] = static_cast<scalar_t>(sum);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_kernel(const at::Tensor& grad, const at::Tensor& rois, int64_t pooled_height, int64_t pooled_width,
+                     double spatial_scale, int64_t sampling_ratio, bool aligned, bool channels_last,
+                     at::Tensor& grad_input /* opmath dtype, zeros */) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t batch_size = grad_input.size(0), channels = grad_input.size(1);
+  const int64_t height = grad_input.size(2), width = grad_input.size(3);
+  const scalar_t* g = grad.const_data_ptr<scalar_t>();  // [K, C]
+  acc_t* gin = grad_input.mutable_data_ptr<acc_t>();
+  const auto table = build_weight_table<scalar_t>(rois.const_data_ptr<scalar_t>(), rois.size(0), pooled_height,
+                                                  pooled_width, spatial_scale, sampling_ratio, aligned, batch_size,
+                                                  height, width, "_roi_align_avg_backward");
+  // Scatter g[k, c] * Wy x Wx, the transpose of the forward walk.
+  const int64_t block = channel_block(channels, channels_last);
+  const int64_t num_blocks = (channels + block - 1) / block;
+  at::parallel_for(0, batch_size * num_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / num_blocks;
+      const int64_t c0 = (task % num_blocks) * block, c1 = std::min(c0 + block, channels);
+      for (int64_t r = table.image_start[n]; r < table.image_start[n + 1]; ++r) {
+        const int64_t k = table.order[r];
+        const scalar_t* g_k = g + k * channels;
+        const AxisWeights<acc_t>& wy = table.y[k];
+        const AxisWeights<acc_t>& wx = table.x[k];
+        if (channels_last) {
+          for (size_t j = 0; j < wy.index.size(); ++j) {
+            for (size_t i = 0; i < wx.index.size(); ++i) {
+              const acc_t w = wy.weight[j] * wx.weight[i];
+              acc_t* __restrict__ pixel = gin + ((n * height + wy.index[j]) * width + wx.index[i]) * channels;
+              for (int64_t c = c0; c < c1; ++c) pixel[c] += w * static_cast<acc_t>(g_k[c]);
+            }
+          }
+          continue;
+        }
+        const acc_t g_kc = static_cast<acc_t>(g_k[c0]);
+        acc_t* plane = gin + (n * channels + c0) * height * width;
+        for (size_t j = 0; j < wy.index.size(); ++j) {
+          const acc_t g_row = g_kc * wy.weight[j];
+          acc_t* __restrict__ row = plane + wy.index[j] * width;
+          if (wx.use_dense) {
+            acc_t* __restrict__ row_x0 = row + wx.index.front();
+            for (size_t i = 0; i < wx.dense.size(); ++i) row_x0[i] += g_row * wx.dense[i];
+          } else {
+            for (size_t i = 0; i < wx.index.size(); ++i) row[wx.index[i]] += g_row * wx.weight[i];
+          }
+        }
+      }
+    }
+  });
+}
+
+at::Tensor roi_align_avg_forward_cpu(const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height,
+                                     int64_t pooled_width, double spatial_scale, int64_t sampling_ratio,
+                                     bool aligned) {
+  check_roi_align_avg_args(input, rois, pooled_height, pooled_width, spatial_scale, c10::DeviceType::CPU);
+  // A channels_last input is read in place (no NCHW copy); anything else is made NCHW-contiguous.
+  const bool channels_last = input.is_contiguous(at::MemoryFormat::ChannelsLast) && !input.is_contiguous();
+  const at::Tensor in = channels_last ? input : input.contiguous();
+  const at::Tensor boxes = rois.contiguous();
+  at::Tensor output = at::zeros({rois.size(0), input.size(1)}, input.options());  // [K, C]
+  if (output.numel() == 0 || input.numel() == 0) return output;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_avg_forward_cpu", [&] {
+    forward_kernel<scalar_t>(in, boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned,
+                             channels_last, output);
+  });
+  return output;
+}
+
+at::Tensor roi_align_avg_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, int64_t pooled_height,
+                                      int64_t pooled_width, double spatial_scale, int64_t sampling_ratio, bool aligned,
+                                      int64_t batch_size, int64_t channels, int64_t height, int64_t width,
+                                      bool channels_last) {
+  constexpr const char* op = "_roi_align_avg_backward";
+  check_device(grad, op, "grad", c10::DeviceType::CPU);
+  check_same_device(grad, rois, op, "grad", "rois");
+  check_rank(grad, op, "grad", 2);
+  check_rank(rois, op, "rois", 2);
+  check_last_dim(rois, op, "rois", 5);
+  check_same_dtype(grad, rois, op, "grad", "rois");
+  RELGROUND_CHECK_ARG(grad.size(0) == rois.size(0) && grad.size(1) == channels, op, "`grad` must have shape [",
+                      rois.size(0), ", ", channels, "], got ", grad.sizes());
+  const auto memory_format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto acc_dtype = at::toOpMathType(grad.scalar_type());
+  // Accumulate in the opmath dtype (float for half/bfloat16): many RoIs add into the same pixel.
+  at::Tensor grad_input =
+      at::empty({batch_size, channels, height, width}, grad.options().dtype(acc_dtype), memory_format).zero_();
+  if (grad.numel() > 0 && grad_input.numel() > 0) {
+    const at::Tensor g = grad.contiguous();
+    const at::Tensor boxes = rois.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_avg_backward_cpu", [&] {
+      backward_kernel<scalar_t>(g, boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned,
+                                channels_last, grad_input);
+    });
+  }
+  return grad_input.scalar_type() == grad.scalar_type() ? grad_input
+                                                         : grad_input.to(grad.scalar_type(), false, false, memory_format);
+}
+
+}  // namespace
+}  // namespace relground
+
+TORCH_LIBRARY_IMPL(relground, CPU, m) {
+  m.impl("roi_align_avg", TORCH_FN(relground::roi_align_avg_forward_cpu));
+  m.impl("_roi_align_avg_backward", TORCH_FN(relground::roi_align_avg_backward_cpu));
+}

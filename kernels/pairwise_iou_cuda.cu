@@ -1,0 +1,78 @@
+// CUDA kernel of relground::pairwise_iou: one thread per (image, box1, box2) output, one launch per call.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+namespace relground::ops {
+
+void check_pairwise_iou_inputs(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::DeviceType device);
+
+namespace {
+
+constexpr int kThreads = 256;
+
+// Same arithmetic as csrc/cpu/pairwise_iou_cpu.cpp: negative extents clamp to 0 (NaN kept), empty union -> 0.
+template <typename T>
+__device__ __forceinline__ T clamped_area(const T x1, const T y1, const T x2, const T y2) {
+  T w = x2 - x1, h = y2 - y1;
+  w = w < T(0) ? T(0) : w;
+  h = h < T(0) ? T(0) : h;
+  return w * h;
+}
+
+template <typename scalar_t>
+__global__ void pairwise_iou_forward_kernel(const scalar_t* __restrict__ boxes1, const scalar_t* __restrict__ boxes2,
+                                            scalar_t* __restrict__ out, int64_t B, int64_t N, int64_t M) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t total = B * N * M;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    const int64_t m = i % M;
+    const int64_t row = i / M;  // b * N + n
+    const int64_t b = row / N;
+    const scalar_t* a = boxes1 + row * 4;
+    const scalar_t* o = boxes2 + (b * M + m) * 4;
+    const acc_t ax1 = a[0], ay1 = a[1], ax2 = a[2], ay2 = a[3];
+    const acc_t bx1 = o[0], by1 = o[1], bx2 = o[2], by2 = o[3];
+    acc_t iw = (ax2 < bx2 ? ax2 : bx2) - (ax1 > bx1 ? ax1 : bx1);
+    acc_t ih = (ay2 < by2 ? ay2 : by2) - (ay1 > by1 ? ay1 : by1);
+    iw = iw < acc_t(0) ? acc_t(0) : iw;
+    ih = ih < acc_t(0) ? acc_t(0) : ih;
+    const acc_t inter = iw * ih;
+    const acc_t uni = clamped_area(ax1, ay1, ax2, ay2) + clamped_area(bx1, by1, bx2, by2) - inter;
+    out[i] = static_cast<scalar_t>(uni > acc_t(0) ? inter / uni : acc_t(0));
+  }
+}
+
+at::Tensor pairwise_iou_forward_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2) {
+  check_pairwise_iou_inputs(boxes1, boxes2, c10::DeviceType::CUDA);
+  const c10::cuda::CUDAGuard device_guard(boxes1.device());
+  const int64_t B = boxes1.size(0), N = boxes1.size(1), M = boxes2.size(1);
+  at::Tensor out = at::empty({B, N, M}, boxes1.options());
+  if (out.numel() == 0) {
+    return out;
+  }
+  const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
+  // Grid-stride loop: cap the grid, each thread covers several outputs when there are many.
+  const int64_t blocks = std::min<int64_t>((out.numel() + kThreads - 1) / kThreads, 65535);
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "pairwise_iou_forward_cuda", [&] {
+    pairwise_iou_forward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+        b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), B, N, M);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace relground::ops
+
+TORCH_LIBRARY_IMPL(relground, CUDA, m) {
+  m.impl("pairwise_iou", &relground::ops::pairwise_iou_forward_cuda);
+}

@@ -1,0 +1,313 @@
+// CUDA kernels of roi_align_avg (see csrc/cpu/roi_align_avg_cpu.cpp for why the op is separable).
+//
+// Three steps per call:
+//   1. roi_align_avg_weights_kernel: one thread per (RoI, axis) writes the dense 1-D weights
+//      Wy[k, 0:H], Wx[k, 0:W] (already divided by P*grid) and the support range of each.
+//   2. roi_align_avg_forward_kernel: one block per (RoI, channel tile). NCHW: a warp per channel,
+//      lanes along a support row (coalesced), rows weighted by Wy, warp reduction. NHWC: a thread
+//      per channel, looping over the support pixels (coalesced across channels).
+//   3. roi_align_avg_backward_kernel: the same walk, scattering g[k, c] * Wy[y] * Wx[x] with
+//      atomicAdd into an opmath (float/double) buffer: not deterministic in the summation order, so
+//      the Python wrapper takes the reference path under torch.use_deterministic_algorithms(True).
+// All offsets are int64 (K*C*P*P and N*C*H*W may exceed 2^31); math in at::opmath_type (float for
+// half/bfloat16); launches on the current stream under a device guard.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <tuple>
+
+#include "cuda_helpers.cuh"
+#include "relground/checks.h"
+
+namespace relground {
+
+// Defined in csrc/ops/roi_align_avg.cpp.
+void check_roi_align_avg_args(const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height,
+                              int64_t pooled_width, double spatial_scale, c10::DeviceType device_type);
+
+namespace {
+
+using cuda::ceil_div;
+using cuda::kThreadsPerBlock;
+using cuda::kWarpSize;
+using cuda::kWarpsPerBlock;
+
+// Step 1. Thread t handles RoI t / 2 along axis t % 2 (0: y over `height`, 1: x over `width`), a
+// serial loop over its P*grid samples so that the weights are summed in a fixed order.
+// support[k] = (y_lo, y_hi, x_lo, x_hi), inclusive; an empty axis has lo > hi.
+template <typename scalar_t, typename acc_t>
+__global__ void roi_align_avg_weights_kernel(const scalar_t* __restrict__ rois, int64_t num_rois,
+                                             int64_t pooled_height, int64_t pooled_width, acc_t spatial_scale,
+                                             int64_t sampling_ratio, bool aligned, int64_t height, int64_t width,
+                                             acc_t* __restrict__ weights_y /* [K, H], zeros */,
+                                             acc_t* __restrict__ weights_x /* [K, W], zeros */,
+                                             int64_t* __restrict__ support /* [K, 4] */) {
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (t >= 2 * num_rois) return;
+  const int64_t k = t / 2;
+  const bool along_y = (t % 2) == 0;
+  const scalar_t* roi = rois + k * 5;
+  const acc_t offset = aligned ? acc_t(0.5) : acc_t(0);
+  // torchvision's geometry, for the chosen axis only.
+  const acc_t start = static_cast<acc_t>(roi[along_y ? 2 : 1]) * spatial_scale - offset;
+  acc_t size = static_cast<acc_t>(roi[along_y ? 4 : 3]) * spatial_scale - offset - start;
+  if (!aligned) size = max(size, acc_t(1));
+  const int64_t pooled = along_y ? pooled_height : pooled_width;
+  const int64_t limit = along_y ? height : width;
+  const int64_t grid = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(ceil(size / static_cast<acc_t>(pooled)));
+  acc_t* weights = (along_y ? weights_y + k * height : weights_x + k * width);
+  int64_t lo = limit, hi = -1;
+  if (grid > 0) {
+    const acc_t bin_size = size / static_cast<acc_t>(pooled);
+    const acc_t norm = acc_t(1) / static_cast<acc_t>(pooled * grid);
+    for (int64_t p = 0; p < pooled; ++p) {
+      for (int64_t i = 0; i < grid; ++i) {
+        acc_t v = start + p * bin_size + static_cast<acc_t>(i + .5f) * bin_size / static_cast<acc_t>(grid);
+        if (v < acc_t(-1) || v > static_cast<acc_t>(limit)) continue;  // outside the map: weight 0
+        if (v <= 0) v = 0;
+        int64_t low = static_cast<int64_t>(v);
+        int64_t high;
+        if (low >= limit - 1) {
+          high = low = limit - 1;
+          v = static_cast<acc_t>(low);
+        } else {
+          high = low + 1;
+        }
+        const acc_t frac = v - static_cast<acc_t>(low);
+        weights[low] += (acc_t(1) - frac) * norm;
+        weights[high] += frac * norm;
+        lo = min(lo, low);
+        hi = max(hi, high);
+      }
+    }
+  }
+  support[k * 4 + (along_y ? 0 : 2)] = lo;
+  support[k * 4 + (along_y ? 1 : 3)] = hi;
+}
+
+// Step 2 (NCHW). Block (k, tile): warp w handles channel tile * kWarpsPerBlock + w.
+template <typename scalar_t, typename acc_t>
+__global__ void roi_align_avg_forward_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ rois,
+                                             const acc_t* __restrict__ weights_y, const acc_t* __restrict__ weights_x,
+                                             const int64_t* __restrict__ support, int64_t channels, int64_t height,
+                                             int64_t width, scalar_t* __restrict__ output /* [K, C] */) {
+  const int64_t k = blockIdx.x;
+  const int64_t c = static_cast<int64_t>(blockIdx.y) * kWarpsPerBlock + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (c >= channels) return;
+  const int64_t n = static_cast<int64_t>(rois[k * 5]);
+  const int64_t y_lo = support[k * 4], y_hi = support[k * 4 + 1], x_lo = support[k * 4 + 2], x_hi = support[k * 4 + 3];
+  const acc_t* wy = weights_y + k * height;
+  const acc_t* wx = weights_x + k * width;
+  const scalar_t* plane = input + (n * channels + c) * height * width;
+  acc_t sum = 0;
+  for (int64_t y = y_lo; y <= y_hi; ++y) {
+    const acc_t w_row = wy[y];
+    if (w_row == acc_t(0)) continue;  // warp-uniform: rows between sparse samples
+    const scalar_t* row = plane + y * width;
+    acc_t row_sum = 0;
+    for (int64_t x = x_lo + lane; x <= x_hi; x += kWarpSize) row_sum += wx[x] * static_cast<acc_t>(row[x]);
+    sum += w_row * row_sum;
+  }
+  sum = cuda::warp_reduce_sum(sum);
+  if (lane == 0) output[k * channels + c] = static_cast<scalar_t>(sum);
+}
+
+// Step 2 (NHWC). Block (k, tile): thread i handles channel tile * blockDim.x + i.
+template <typename scalar_t, typename acc_t>
+__global__ void roi_align_avg_forward_nhwc_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ rois,
+                                                  const acc_t* __restrict__ weights_y,
+                                                  const acc_t* __restrict__ weights_x,
+                                                  const int64_t* __restrict__ support, int64_t channels, int64_t height,
+                                                  int64_t width, scalar_t* __restrict__ output /* [K, C] */) {
+  const int64_t k = blockIdx.x;
+  const int64_t c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (c >= channels) return;
+  const int64_t n = static_cast<int64_t>(rois[k * 5]);
+  const int64_t y_lo = support[k * 4], y_hi = support[k * 4 + 1], x_lo = support[k * 4 + 2], x_hi = support[k * 4 + 3];
+  const acc_t* wy = weights_y + k * height;
+  const acc_t* wx = weights_x + k * width;
+  acc_t sum = 0;
+  for (int64_t y = y_lo; y <= y_hi; ++y) {
+    const acc_t w_row = wy[y];
+    if (w_row == acc_t(0)) continue;
+    const scalar_t* row = input + (n * height + y) * width * channels + c;
+    for (int64_t x = x_lo; x <= x_hi; ++x) {
+      const acc_t w = w_row * wx[x];
+      if (w != acc_t(0)) sum += w * static_cast<acc_t>(row[x * channels]);
+    }
+  }
+  output[k * channels + c] = static_cast<scalar_t>(sum);
+}
+
+// Step 3 (NCHW), the transpose of the forward walk.
+template <typename scalar_t, typename acc_t>
+__global__ void roi_align_avg_backward_kernel(const scalar_t* __restrict__ grad /* [K, C] */,
+                                              const scalar_t* __restrict__ rois, const acc_t* __restrict__ weights_y,
+                                              const acc_t* __restrict__ weights_x, const int64_t* __restrict__ support,
+                                              int64_t channels, int64_t height, int64_t width,
+                                              acc_t* __restrict__ grad_input) {
+  const int64_t k = blockIdx.x;
+  const int64_t c = static_cast<int64_t>(blockIdx.y) * kWarpsPerBlock + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (c >= channels) return;
+  const acc_t g = static_cast<acc_t>(grad[k * channels + c]);
+  if (g == acc_t(0)) return;
+  const int64_t n = static_cast<int64_t>(rois[k * 5]);
+  const int64_t y_lo = support[k * 4], y_hi = support[k * 4 + 1], x_lo = support[k * 4 + 2], x_hi = support[k * 4 + 3];
+  const acc_t* wy = weights_y + k * height;
+  const acc_t* wx = weights_x + k * width;
+  acc_t* plane = grad_input + (n * channels + c) * height * width;
+  for (int64_t y = y_lo; y <= y_hi; ++y) {
+    const acc_t g_row = g * wy[y];
+    if (g_row == acc_t(0)) continue;
+    for (int64_t x = x_lo + lane; x <= x_hi; x += kWarpSize) {
+      if (wx[x] != acc_t(0)) atomicAdd(plane + y * width + x, g_row * wx[x]);
+    }
+  }
+}
+
+// Step 3 (NHWC).
+template <typename scalar_t, typename acc_t>
+__global__ void roi_align_avg_backward_nhwc_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ rois,
+                                                   const acc_t* __restrict__ weights_y,
+                                                   const acc_t* __restrict__ weights_x,
+                                                   const int64_t* __restrict__ support, int64_t channels,
+                                                   int64_t height, int64_t width, acc_t* __restrict__ grad_input) {
+  const int64_t k = blockIdx.x;
+  const int64_t c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (c >= channels) return;
+  const acc_t g = static_cast<acc_t>(grad[k * channels + c]);
+  const int64_t n = static_cast<int64_t>(rois[k * 5]);
+  const int64_t y_lo = support[k * 4], y_hi = support[k * 4 + 1], x_lo = support[k * 4 + 2], x_hi = support[k * 4 + 3];
+  const acc_t* wy = weights_y + k * height;
+  const acc_t* wx = weights_x + k * width;
+  for (int64_t y = y_lo; y <= y_hi; ++y) {
+    const acc_t w_row = wy[y];
+    if (w_row == acc_t(0)) continue;
+    acc_t* row = grad_input + (n * height + y) * width * channels + c;
+    for (int64_t x = x_lo; x <= x_hi; ++x) {
+      const acc_t w = w_row * wx[x];
+      if (w != acc_t(0)) atomicAdd(row + x * channels, g * w);
+    }
+  }
+}
+
+// Runs step 1 and returns (weights_y [K, H], weights_x [K, W], support [K, 4]).
+template <typename scalar_t>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> launch_weights(const at::Tensor& rois, int64_t pooled_height,
+                                                              int64_t pooled_width, double spatial_scale,
+                                                              int64_t sampling_ratio, bool aligned, int64_t height,
+                                                              int64_t width) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t num_rois = rois.size(0);
+  const auto acc_options = rois.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  at::Tensor weights_y = at::zeros({num_rois, height}, acc_options);
+  at::Tensor weights_x = at::zeros({num_rois, width}, acc_options);
+  at::Tensor support = at::empty({num_rois, 4}, rois.options().dtype(at::kLong));
+  const int64_t blocks = ceil_div<int64_t>(2 * num_rois, kThreadsPerBlock);
+  roi_align_avg_weights_kernel<scalar_t, acc_t><<<blocks, kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+      rois.const_data_ptr<scalar_t>(), num_rois, pooled_height, pooled_width, static_cast<acc_t>(spatial_scale),
+      sampling_ratio, aligned, height, width, weights_y.mutable_data_ptr<acc_t>(), weights_x.mutable_data_ptr<acc_t>(),
+      support.mutable_data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {weights_y, weights_x, support};
+}
+
+// Grid of (RoIs, channel tiles) for the NCHW (warp per channel) or NHWC (thread per channel) kernels.
+dim3 roi_channel_grid(int64_t num_rois, int64_t channels, bool channels_last) {
+  const int64_t per_block = channels_last ? kThreadsPerBlock : kWarpsPerBlock;
+  const int64_t tiles = ceil_div<int64_t>(channels, per_block);
+  RELGROUND_CHECK_ARG(num_rois <= std::numeric_limits<int32_t>::max() && tiles <= 65535, "roi_align_avg",
+                      "too many boxes (", num_rois, ") or channels (", channels, ") for one launch");
+  return dim3(static_cast<unsigned>(num_rois), static_cast<unsigned>(tiles));
+}
+
+at::Tensor roi_align_avg_forward_cuda(const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height,
+                                      int64_t pooled_width, double spatial_scale, int64_t sampling_ratio,
+                                      bool aligned) {
+  check_roi_align_avg_args(input, rois, pooled_height, pooled_width, spatial_scale, c10::DeviceType::CUDA);
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  const bool channels_last = input.is_contiguous(at::MemoryFormat::ChannelsLast) && !input.is_contiguous();
+  const at::Tensor in = channels_last ? input : input.contiguous();
+  const at::Tensor boxes = rois.contiguous();
+  const int64_t num_rois = rois.size(0), channels = input.size(1), height = input.size(2), width = input.size(3);
+  at::Tensor output = at::zeros({num_rois, channels}, input.options());  // [K, C]
+  if (output.numel() == 0 || input.numel() == 0) return output;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_avg_forward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    auto [weights_y, weights_x, support] =
+        launch_weights<scalar_t>(boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned, height, width);
+    const dim3 grid = roi_channel_grid(num_rois, channels, channels_last);
+    auto stream = at::cuda::getCurrentCUDAStream();
+    auto kernel = channels_last ? roi_align_avg_forward_nhwc_kernel<scalar_t, acc_t>
+                                : roi_align_avg_forward_kernel<scalar_t, acc_t>;
+    kernel<<<grid, kThreadsPerBlock, 0, stream>>>(in.const_data_ptr<scalar_t>(), boxes.const_data_ptr<scalar_t>(),
+                                                  weights_y.const_data_ptr<acc_t>(), weights_x.const_data_ptr<acc_t>(),
+                                                  support.const_data_ptr<int64_t>(), channels, height, width,
+                                                  output.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return output;
+}
+
+at::Tensor roi_align_avg_backward_cuda(const at::Tensor& grad, const at::Tensor& rois, int64_t pooled_height,
+                                       int64_t pooled_width, double spatial_scale, int64_t sampling_ratio,
+                                       bool aligned, int64_t batch_size, int64_t channels, int64_t height,
+                                       int64_t width, bool channels_last) {
+  constexpr const char* op = "_roi_align_avg_backward";
+  check_device(grad, op, "grad", c10::DeviceType::CUDA);
+  check_same_device(grad, rois, op, "grad", "rois");
+  check_rank(grad, op, "grad", 2);
+  check_rank(rois, op, "rois", 2);
+  check_last_dim(rois, op, "rois", 5);
+  check_same_dtype(grad, rois, op, "grad", "rois");
+  RELGROUND_CHECK_ARG(grad.size(0) == rois.size(0) && grad.size(1) == channels, op, "`grad` must have shape [",
+                      rois.size(0), ", ", channels, "], got ", grad.sizes());
+  if (rois.numel() > 0) {  // the kernels index grad_input by rois[:, 0]: refuse values that would write out of bounds
+    const at::Tensor batch_index = rois.select(1, 0);
+    RELGROUND_CHECK_ARG(
+        (batch_index >= 0).logical_and_(batch_index < batch_size).all().item<bool>(), op,
+        "`rois[:, 0]` (batch index) must be in [0, ", batch_size, ")");
+  }
+  const c10::cuda::CUDAGuard device_guard(grad.device());
+  const auto memory_format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto acc_dtype = at::toOpMathType(grad.scalar_type());
+  at::Tensor grad_input =
+      at::empty({batch_size, channels, height, width}, grad.options().dtype(acc_dtype), memory_format).zero_();
+  const int64_t num_rois = rois.size(0);
+  if (grad.numel() > 0 && grad_input.numel() > 0) {
+    const at::Tensor g = grad.contiguous();
+    const at::Tensor boxes = rois.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_avg_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      auto [weights_y, weights_x, support] = launch_weights<scalar_t>(boxes, pooled_height, pooled_width,
+                                                                      spatial_scale, sampling_ratio, aligned, height, width);
+      const dim3 grid = roi_channel_grid(num_rois, channels, channels_last);
+      auto stream = at::cuda::getCurrentCUDAStream();
+      auto kernel = channels_last ? roi_align_avg_backward_nhwc_kernel<scalar_t, acc_t>
+                                  : roi_align_avg_backward_kernel<scalar_t, acc_t>;
+      kernel<<<grid, kThreadsPerBlock, 0, stream>>>(g.const_data_ptr<scalar_t>(), boxes.const_data_ptr<scalar_t>(),
+                                                    weights_y.const_data_ptr<acc_t>(), weights_x.const_data_ptr<acc_t>(),
+                                                    support.const_data_ptr<int64_t>(), channels, height, width,
+                                                    grad_input.mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return grad_input.scalar_type() == grad.scalar_type() ? grad_input
+                                                         : grad_input.to(grad.scalar_type(), false, false, memory_format);
+}
+
+}  // namespace
+}  // namespace relground
+
+TORCH_LIBRARY_IMPL(relground, CUDA, m) {
+  m.impl("roi_align_avg", TORCH_FN(relground::roi_align_avg_forward_cuda));
+  m.impl("_roi_align_avg_backward", TORCH_FN(relground::roi_align_avg_backward_cuda));
+}

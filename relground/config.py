@@ -1,0 +1,409 @@
+"""Experiment configuration: typed dataclass sections, YAML files with ``_base_``, ``key=value`` overrides.
+
+A :class:`Config` groups one frozen dataclass per component (``data``, ``model`` with its ``loss``,
+``solver``, ``train``) plus run-level values. Files in ``configs/`` list only what differs from the
+defaults::
+
+    _base_: flickr30k_reir.yaml        # optional; a path relative to this file (or a list of them)
+    data: {dataset: referit, root: ../shared/data/referit}
+    solver: {max_iter: 40000}
+
+Loading checks every key and value against the dataclass fields: an unknown key is a ``ValueError`` that
+names it and suggests the closest valid keys; a value of the wrong type (``"abc"`` for a float, ``1.5``
+for an int) is a ``ValueError`` naming the key and the expected type. Command-line overrides use dotted
+keys and are parsed against the field's type (``--set solver.base_lr=1e-3 --set solver.steps=[100,200]
+--set model.backbone_weights=none``). The result is frozen (``dataclasses.FrozenInstanceError`` on
+assignment); :func:`apply_overrides` returns a new config instead.
+
+Example::
+
+    cfg = load_config("configs/synthetic.yaml", ["solver.max_iter=200", "train.device=cpu"])
+    save_config(cfg, "outputs/run/config.yaml")   # round-trips through load_config
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import os
+import sys
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from relground.engine.solver import SolverConfig
+from relground.engine.trainer import TrainConfig
+
+if typing.TYPE_CHECKING:
+    from relground.data.config import DataConfig
+    from relground.model.config import LossConfig, ModelConfig
+
+# Sections written by other layers, imported on first use so this module imports without them.
+_LAZY_SECTIONS = {"DataConfig": "relground.data.config", "ModelConfig": "relground.model.config"}
+BASE_KEY = "_base_"
+_NONE_WORDS = ("none", "null", "~")
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _lazy(name: str):
+    """A default factory that imports ``name`` from its module when first called."""
+
+    def factory():
+        return getattr(importlib.import_module(_LAZY_SECTIONS[name]), name)()
+
+    factory.__name__ = f"default_{name}"
+    return factory
+
+
+@dataclass(frozen=True)
+class Config:
+    """A complete experiment.
+
+    Attributes:
+        data: :class:`relground.data.config.DataConfig`.
+        model: :class:`relground.model.config.ModelConfig`; its ``loss`` field is the :class:`LossConfig`.
+        solver: :class:`relground.engine.solver.SolverConfig`.
+        train: :class:`relground.engine.trainer.TrainConfig`.
+        seed: seed of python/numpy/torch (the authors': 10).
+        output_dir: run folder for config.yaml, checkpoints, metrics.csv and TensorBoard events.
+        name: free-form run name, for logs.
+    """
+
+    data: "DataConfig" = field(default_factory=_lazy("DataConfig"))
+    model: "ModelConfig" = field(default_factory=_lazy("ModelConfig"))
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 10
+    output_dir: str = "outputs/run"
+    name: str = ""
+
+    @property
+    def loss(self) -> "LossConfig":
+        """The loss weights and schedules (stored as ``model.loss``, where the model reads them)."""
+        return self.model.loss
+
+
+# ---------------------------------------------------------------------------------------------- typing
+def _type_hints(cls: type) -> dict[str, Any]:
+    """Resolved annotations of a dataclass (string annotations included)."""
+    namespace = dict(vars(sys.modules[cls.__module__]))
+    for name, module in _LAZY_SECTIONS.items():
+        if name not in namespace:
+            try:
+                namespace[name] = getattr(importlib.import_module(module), name)
+            except ImportError:
+                pass  # only needed when that section is actually read
+    return typing.get_type_hints(cls, globalns=namespace)
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it in canonical form (tuples, floats).
+
+    Raises:
+        ValueError: naming ``key``, the expected type and the value.
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+
+    def fail() -> typing.NoReturn:
+        raise ValueError(f"config key '{key}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            fail()
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ValueError:
+                continue
+        fail()
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ValueError(f"config key '{key}': must be one of {list(args)}, got {value!r}")
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            fail()
+        return _from_dict(tp, value, prefix=key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        fail()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        fail()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        fail()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        fail()
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            fail()
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                raise ValueError(f"config key '{key}': expected {len(args)} values ({_type_name(tp)}), got {value!r}")
+            items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        else:
+            item_type = args[0] if args else Any
+            items = [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            fail()
+        key_type, value_type = args if args else (Any, Any)
+        return {_coerce(k, key_type, key): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    fail()
+
+
+def valid_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a config dataclass, nested sections included (e.g. ``model.loss.lambda_reg``)."""
+    keys = []
+    for name, tp in _type_hints(cls).items():
+        if name.startswith("_"):
+            continue
+        full = f"{prefix}{name}"
+        keys.append(full)
+        if _is_dataclass_type(tp):
+            keys.extend(valid_keys(tp, full + "."))
+    return keys
+
+
+def _unknown_key_error(key: str, candidates: Sequence[str]) -> ValueError:
+    """An error naming ``key`` and up to three close valid keys (same section first, by spelling or substring)."""
+    parent, _, leaf = key.rpartition(".")
+    siblings = {c.rpartition(".")[2]: c for c in candidates if c.rpartition(".")[0] == parent}
+    if siblings:
+        names = difflib.get_close_matches(leaf, list(siblings), n=3, cutoff=0.6)
+        names += [n for n in siblings if (leaf in n or n in leaf) and n not in names]
+        close = [siblings[n] for n in names[:3]]
+    else:  # the section itself is misspelt
+        close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return ValueError(f"unknown config key '{key}'{hint}")
+
+
+def from_dict(cls: type, values: Mapping[str, Any], prefix: str = "", source: str = "") -> Any:
+    """Build the dataclass ``cls`` from a (nested) mapping, checking keys and value types.
+
+    Args:
+        cls: a config dataclass.
+        values: field name -> value; nested sections are mappings; missing fields keep their defaults.
+        prefix: dotted path of ``cls`` inside the whole config, for error messages.
+        source: where the values came from (a file name), prefixed to error messages.
+
+    Raises:
+        ValueError: an unknown key (with suggestions) or a value of the wrong type.
+    """
+    try:
+        return _from_dict(cls, values, prefix)
+    except ValueError as exc:
+        if source:
+            raise ValueError(f"{source}: {exc}") from exc
+        raise
+
+
+def _from_dict(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise ValueError(f"config section '{prefix or cls.__name__}' must be a mapping, got {values!r}")
+    hints = _type_hints(cls)
+    init_fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in init_fields:
+            raise _unknown_key_error(key, valid_keys(cls, f"{prefix}." if prefix else ""))
+        kwargs[name] = _coerce(value, hints[name], key)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # the section's own __post_init__ checks raise ValueError and pass through
+        raise ValueError(f"config section '{prefix or cls.__name__}': {exc}") from exc
+
+
+def to_dict(cfg: Any) -> Any:
+    """A config dataclass as plain YAML-safe values (tuples become lists)."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.init}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, Mapping):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, os.PathLike):
+        return os.fspath(cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------- overrides
+def _field_type(cls: type, dotted: str) -> Any:
+    """The annotation of ``dotted`` inside ``cls``; raises the unknown-key error."""
+    tp: Any = cls
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        hints = _type_hints(tp) if _is_dataclass_type(tp) else {}
+        if part not in hints or part.startswith("_"):
+            raise _unknown_key_error(dotted, valid_keys(cls))
+        tp = hints[part]
+        if depth < len(parts) - 1 and not _is_dataclass_type(tp):
+            raise _unknown_key_error(dotted, valid_keys(cls))
+    return tp
+
+
+def parse_value(text: str, tp: Any, key: str) -> Any:
+    """Parse the text of a ``key=value`` override for a field annotated ``tp``.
+
+    Strings are taken verbatim; ``none``/``null``/``~`` mean None for optional fields; bools accept
+    true/false/yes/no/on/off/1/0; everything else is read as YAML (``[1, 2]``, ``1e-3``, ``{a: 1}``) and
+    then type-checked.
+
+    Raises:
+        ValueError: naming ``key`` when the text does not fit ``tp``.
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    optional = origin in (Union, types.UnionType) and type(None) in args
+    if optional and text.strip().lower() in _NONE_WORDS:
+        return None
+    inner = [a for a in args if a is not type(None)] if optional else [tp]
+    if len(inner) == 1 and inner[0] is str:
+        return text
+    if len(inner) == 1 and inner[0] is bool:
+        word = text.strip().lower()
+        if word in _BOOL_WORDS or word in ("1", "0"):
+            return _BOOL_WORDS.get(word, word == "1")
+        raise ValueError(f"config key '{key}': expected a bool (true/false), got {text!r}")
+    if len(inner) == 1 and typing.get_origin(inner[0]) is Literal and all(isinstance(a, str) for a in typing.get_args(inner[0])):
+        return _coerce(text, tp, key)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config key '{key}': cannot parse {text!r}: {exc}") from exc
+    return _coerce(value, tp, key)
+
+
+def _split_override(override: str) -> tuple[str, str]:
+    if "=" not in override:
+        raise ValueError(f"override {override!r} must look like key=value (e.g. solver.base_lr=1e-3)")
+    key, text = override.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ValueError(f"override {override!r} has an empty key")
+    return key, text
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {} if child is None else to_dict(child)
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(cfg: Any, overrides: Sequence[str]) -> Any:
+    """A new config with ``key=value`` overrides applied (``cfg`` itself is frozen and unchanged).
+
+    Raises:
+        ValueError: unknown key (with the closest valid keys) or a value that does not fit the field's type.
+    """
+    tree = to_dict(cfg)
+    cls = type(cfg)
+    for override in overrides:
+        key, text = _split_override(override)
+        _set_dotted(tree, key, to_dict(parse_value(text, _field_type(cls, key), key)))
+    return from_dict(cls, tree)
+
+
+# ---------------------------------------------------------------------------------------------- files
+def merge_dicts(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive merge: mappings merge key by key, any other value in ``update`` replaces ``base``'s."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_dicts(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_yaml_tree(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config file into a mapping, resolving ``_base_`` files (relative to the including file).
+
+    Raises:
+        FileNotFoundError: the file (or a base) does not exist.
+        ValueError: not a mapping, invalid YAML, or a ``_base_`` cycle.
+    """
+    path = Path(path).resolve()
+    if path in _chain:
+        raise ValueError(f"{path}: _base_ cycle: {' -> '.join(str(p) for p in _chain + (path,))}")
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping, got {type(tree).__name__}")
+    bases = tree.pop(BASE_KEY, None) or []
+    merged: dict[str, Any] = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged = merge_dicts(merged, load_yaml_tree(path.parent / base, _chain + (path,)))
+    return merge_dicts(merged, tree)
+
+
+def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[str] = (), cls: type = Config) -> Any:
+    """Read a YAML file (or start from defaults when ``path`` is None), apply overrides, return the frozen config.
+
+    Args:
+        path: YAML file; keys not given keep the dataclass defaults.
+        overrides: ``"key=value"`` strings applied after the file (later ones win).
+        cls: the root dataclass (default :class:`Config`).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: unknown key, wrong type, or an invalid value (naming the file and the key).
+    """
+    tree = load_yaml_tree(path) if path is not None else {}
+    cfg = from_dict(cls, tree, source=str(path) if path is not None else "")
+    return apply_overrides(cfg, overrides) if overrides else cfg
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> Path:
+    """Write ``cfg`` as YAML (every field, defaults included) so that ``load_config(path)`` rebuilds it."""
+    from relground.engine.checkpoint import atomic_write
+
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+    return atomic_write(path, lambda f: f.write(text.encode()))

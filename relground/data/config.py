@@ -1,0 +1,75 @@
+"""``DataConfig``: everything the data layer needs to build a loader, as plain typed values."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DATASETS = ("flickr30k", "referit", "synthetic")
+PIXEL_FORMATS = ("caffe_bgr", "torchvision")
+LOADERS = ("pil", "dali")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Data settings (the ``data:`` section of a config file).
+
+    Attributes:
+        dataset (str): ``flickr30k``, ``referit`` or ``synthetic`` (Flickr30K Entities layout).
+        root (str): dataset root (Flickr layout, or the ReferIt ``text_objseg`` folder).
+        train_split / val_split / test_split (str): split names. Defaults ``train`` / ``val`` / ``test``.
+        proposals (str): proposals HDF5 path pattern; ``{root}``, ``{split}`` and ``{dataset}`` are filled in.
+            Default ``"{root}/proposals_{split}.h5"``.
+        relations (str): relations JSON pattern (``relground data relations``); empty = no relations.
+        images (str): folder of the images; empty = the reader's ``image_path`` (``ROOT/Images``).
+        max_proposals (int): proposals per image M (first M of the detector's order). Default 50.
+        min_size (int): shorter image side after resizing, pixels. Default 600.
+        max_size (int): cap on the longer side after resizing, pixels. Default 1000.
+        pixel_format (str): ``caffe_bgr`` (BGR, minus the Caffe mean, 0..255, std 1: the authors'
+            backbone) or ``torchvision`` (RGB, 0..1, ImageNet mean/std). Default ``caffe_bgr``.
+        batch_size (int): (image, sentence) pairs per batch and process. Default 10.
+        num_workers (int): DataLoader worker processes. Default 2.
+        loader (str): ``pil`` (PIL + torchvision transforms v2) or ``dali`` (NVIDIA DALI). Default ``pil``.
+        vocab_min_freq (int): keep words seen at least this often in the train split. Default 1.
+        num_relation_classes (int): width of ``relation_labels`` (the paper: 88). Default 88.
+        skip_invalid (bool): leave malformed annotation files out (reported) instead of failing. Default False.
+    """
+
+    dataset: str = "flickr30k"
+    root: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    proposals: str = "{root}/proposals_{split}.h5"
+    relations: str = ""
+    images: str = ""
+    max_proposals: int = 50
+    min_size: int = 600
+    max_size: int = 1000
+    pixel_format: str = "caffe_bgr"
+    batch_size: int = 10
+    num_workers: int = 2
+    loader: str = "pil"
+    vocab_min_freq: int = 1
+    num_relation_classes: int = 88
+    skip_invalid: bool = False
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("dataset", self.dataset, DATASETS),
+            ("pixel_format", self.pixel_format, PIXEL_FORMATS),
+            ("loader", self.loader, LOADERS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"data.{name}: {value!r} is not one of {allowed}")
+        for name in ("max_proposals", "min_size", "max_size", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"data.{name}: must be positive, got {getattr(self, name)}")
+        if self.max_size < self.min_size:
+            raise ValueError(f"data.max_size ({self.max_size}) must be >= data.min_size ({self.min_size})")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers: must be >= 0, got {self.num_workers}")
+
+    def proposals_path(self, split: str) -> str:
+        return self.proposals.format(root=self.root, split=split, dataset=self.dataset)
+
+    def relations_path(self, split: str) -> str:
+        return self.relations.format(root=self.root, split=split, dataset=self.dataset) if self.relations else ""

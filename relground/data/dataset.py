@@ -1,0 +1,340 @@
+"""(image, sentence) pairs -> :class:`GroundingBatch`: the torch Dataset, its collate function and loader.
+
+One item is one caption of one image. Only *grounded* phrases (chain with a box) are used: they are the
+ones the field evaluates, and in training the model sees their words only: ``gt_boxes`` travel in the batch
+for evaluation and never reach a loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from relground.data.batch import GroundingBatch
+from relground.data.config import DataConfig
+from relground.data.proposals import ProposalStore
+from relground.data.records import ImageAnnotation, SentenceAnnotation
+from relground.data.transforms import resize_scale, resized_size, transform_image
+from relground.language.vocab import tokenize
+
+
+@dataclass
+class GroundingItem:
+    """One (image, sentence) pair before collation (``P`` = grounded phrases of the sentence)."""
+
+    image: Optional[Tensor]  # [3, h, w] float normalised; None when images come from another pipeline (DALI)
+    image_size: tuple[int, int]  # (h, w) resized
+    scale: float
+    proposals: Tensor  # [M, 4] float resized pixels, zero rows = padding
+    proposal_valid: Tensor  # [M] bool
+    proposal_labels: Tensor  # [M] long
+    category_prior: Tensor  # [P, M] float
+    words: Tensor  # [T] long
+    phrase_spans: Tensor  # [P, 2] long
+    phrase_targets: list[list[int]]  # P lists of phrase-vocab ids, each ending with 0 (end)
+    relations: list[tuple[int, int, tuple[int, ...]]]  # (subject, object, categories) over the P phrases
+    gt_boxes: Tensor  # [P, 4] float resized pixels, NaN = unknown
+    meta: dict[str, Any]
+
+
+def usable_pairs(images: Sequence[ImageAnnotation]) -> list[tuple[int, int]]:
+    """``(image index, sentence position)`` of every sentence with at least one grounded phrase."""
+    return [
+        (i, j)
+        for i, image in enumerate(images)
+        for j, sentence in enumerate(image.sentences)
+        if any(p.grounded for p in sentence.phrases)
+    ]
+
+
+class GroundingDataset(Dataset):
+    """Dataset of (image, sentence) pairs with proposals, vocab ids, category prior and relations.
+
+    Args:
+        images (Sequence[ImageAnnotation]): a loaded split (``relations`` attached when used).
+        proposals (ProposalStore | Mapping[str, ProposalSet]): detector proposals; every image must have an entry.
+        caption_vocab: ``.encode(words) -> list[int]`` (0 = pad, 1 = unk).
+        phrase_vocab: ``.encode(words) -> list[int]`` (0 = end / pad, 1 = unk).
+        category_prior (Callable[[list[list[str]]], np.ndarray[P, C]]): phrase words -> prior over the
+            detector's classes, e.g. ``functools.partial(glove.category_prior, class_names=..., vectors=...)``.
+        max_proposals (int): M. Default 50.
+        min_size (int), max_size (int): resize, pixels. Defaults 600 / 1000.
+        pixel_format (str): ``caffe_bgr`` or ``torchvision``. Default ``caffe_bgr``.
+        num_relation_classes (int): width of the relation multi-hot. Default 88.
+        load_images (bool): decode images here (PIL path); ``False`` when DALI decodes them. Default True.
+        image_dir (str, optional): folder holding ``<image_id>.jpg``; default: each record's ``image_path``.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[ImageAnnotation],
+        proposals: ProposalStore,
+        caption_vocab,
+        phrase_vocab,
+        category_prior: Callable[[list[list[str]]], np.ndarray],
+        max_proposals: int = 50,
+        min_size: int = 600,
+        max_size: int = 1000,
+        pixel_format: str = "caffe_bgr",
+        num_relation_classes: int = 88,
+        load_images: bool = True,
+        image_dir: Optional[str] = None,
+    ) -> None:
+        self.images = list(images)
+        self.pairs = usable_pairs(self.images)
+        self.proposals = proposals
+        self.caption_vocab = caption_vocab
+        self.phrase_vocab = phrase_vocab
+        self.category_prior = category_prior
+        self.max_proposals = max_proposals
+        self.min_size = min_size
+        self.max_size = max_size
+        self.pixel_format = pixel_format
+        self.num_relation_classes = num_relation_classes
+        self.load_images = load_images
+        self.image_dir = image_dir
+        missing = [im.image_id for im in self.images if im.image_id not in proposals]
+        if missing:
+            source = getattr(proposals, "path", "proposals")
+            raise KeyError(f"{source}: no proposals for {len(missing)} image(s), e.g. image id {missing[0]!r}")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def image_path(self, image: ImageAnnotation) -> Path:
+        path = Path(self.image_dir) / f"{image.image_id}.jpg" if self.image_dir else image.image_path
+        if path is None or not Path(path).is_file():
+            raise FileNotFoundError(f"image file not found for image id {image.image_id!r}: {path}")
+        return Path(path)
+
+    def __getitem__(self, index: int) -> GroundingItem:
+        image_index, sentence_position = self.pairs[index]
+        record = self.images[image_index]
+        sentence = record.sentences[sentence_position]
+        if self.load_images:
+            with Image.open(self.image_path(record)) as pil:
+                pixels, scale = transform_image(pil.convert("RGB"), self.min_size, self.max_size, self.pixel_format)
+            image_size = tuple(pixels.shape[-2:])
+        else:
+            # DALI decodes the image; the scale depends only on the annotated size, so both paths agree.
+            pixels = None
+            scale = resize_scale(record.height, record.width, self.min_size, self.max_size)
+            image_size = resized_size(record.height, record.width, scale)
+        return self.build_item(record, sentence, pixels, image_size, scale)
+
+    def build_item(
+        self, record: ImageAnnotation, sentence: SentenceAnnotation, pixels: Optional[Tensor], image_size, scale: float
+    ) -> GroundingItem:
+        """Every non-image field of one pair (shared by the PIL and DALI paths)."""
+        kept = [k for k, p in enumerate(sentence.phrases) if p.grounded]
+        phrases = [sentence.phrases[k] for k in kept]
+        position = {k: i for i, k in enumerate(kept)}  # sentence phrase index -> item phrase index
+
+        stored = self.proposals[record.image_id]
+        m = min(len(stored), self.max_proposals)
+        proposals = torch.zeros(self.max_proposals, 4)
+        proposals[:m] = torch.from_numpy(stored.boxes[:m]) * scale
+        valid = torch.zeros(self.max_proposals, dtype=torch.bool)
+        valid[:m] = True
+        labels = torch.zeros(self.max_proposals, dtype=torch.long)
+        labels[:m] = torch.from_numpy(stored.labels[:m])
+
+        phrase_words = [tokenize(p.text) for p in phrases]
+        prior_by_class = torch.as_tensor(np.asarray(self.category_prior(phrase_words)), dtype=torch.float32)  # [P, C]
+        prior = torch.zeros(len(phrases), self.max_proposals)
+        if len(phrases):
+            prior[:, :m] = prior_by_class[:, labels[:m]]  # [P, m]
+
+        words = torch.tensor(self.caption_vocab.encode(tokenize(sentence.text)), dtype=torch.long)
+        spans = torch.tensor([[p.first_word_index, p.first_word_index + p.num_words] for p in phrases], dtype=torch.long)
+        targets = [list(self.phrase_vocab.encode(w)) + [0] for w in phrase_words]
+        relations = [
+            (position[r.subject], position[r.object], tuple(r.categories))
+            for r in sentence.relations
+            if r.subject in position and r.object in position
+        ]
+        gt = torch.tensor([p.union_box for p in phrases], dtype=torch.float32).reshape(-1, 4) * scale
+        meta = {
+            "image_id": record.image_id,
+            "sentence_index": sentence.sentence_index,
+            "first_word_index": [p.first_word_index for p in phrases],
+            "types": [p.phrase_types for p in phrases],
+            "phrase_ids": [p.phrase_id for p in phrases],
+            "original_size": (record.height, record.width),
+        }
+        return GroundingItem(
+            pixels, tuple(int(v) for v in image_size), float(scale), proposals, valid, labels, prior, words,
+            spans.reshape(-1, 2), targets, relations, gt, meta,
+        )
+
+
+def collate_grounding(items: Sequence[GroundingItem], num_relation_classes: int = 88, images: Optional[Tensor] = None) -> GroundingBatch:
+    """Pad a list of items into a :class:`GroundingBatch`.
+
+    Args:
+        items (Sequence[GroundingItem]): B items.
+        num_relation_classes (int): C_r, width of ``relation_labels``. Default 88.
+        images (Tensor[B, 3, H, W], optional): already padded images (DALI); default: pad the items' images
+            with zeros to the largest height and width of the batch.
+
+    Returns:
+        GroundingBatch: see ``relground/data/batch.py``; P, T and L are the batch maxima.
+    """
+    if not items:
+        raise ValueError("collate_grounding: items is empty")
+    b = len(items)
+    if images is None:
+        max_h = max(it.image.shape[1] for it in items)
+        max_w = max(it.image.shape[2] for it in items)
+        images = items[0].image.new_zeros(b, 3, max_h, max_w)
+        for i, it in enumerate(items):
+            images[i, :, : it.image.shape[1], : it.image.shape[2]] = it.image
+    p = max(it.phrase_spans.shape[0] for it in items)
+    t = max(it.words.numel() for it in items)
+    l = max((len(tg) for it in items for tg in it.phrase_targets), default=1)
+    m = items[0].proposals.shape[0]
+
+    words = torch.zeros(b, t, dtype=torch.long)
+    spans = torch.zeros(b, p, 2, dtype=torch.long)
+    phrase_valid = torch.zeros(b, p, dtype=torch.bool)
+    targets = torch.zeros(b, p, l, dtype=torch.long)
+    prior = torch.zeros(b, p, m)
+    gt = torch.full((b, p, 4), float("nan"))
+    relation_index, relation_labels = [], []
+    for i, it in enumerate(items):
+        n = it.phrase_spans.shape[0]
+        words[i, : it.words.numel()] = it.words
+        spans[i, :n] = it.phrase_spans
+        phrase_valid[i, :n] = True
+        prior[i, :n] = it.category_prior
+        gt[i, :n] = it.gt_boxes
+        for k, tg in enumerate(it.phrase_targets):
+            targets[i, k, : len(tg)] = torch.tensor(tg, dtype=torch.long)
+        for subject, obj, categories in it.relations:
+            relation_index.append((i, subject, obj))
+            hot = torch.zeros(num_relation_classes)
+            for c in categories:
+                if not 0 <= c < num_relation_classes:
+                    raise ValueError(f"relation category {c} outside [0, num_relation_classes={num_relation_classes})")
+                hot[c] = 1.0
+            relation_labels.append(hot)
+    return GroundingBatch(
+        images=images,
+        image_sizes=torch.tensor([it.image_size for it in items], dtype=torch.long),
+        scales=torch.tensor([it.scale for it in items], dtype=torch.float32),
+        proposals=torch.stack([it.proposals for it in items]),
+        proposal_valid=torch.stack([it.proposal_valid for it in items]),
+        proposal_labels=torch.stack([it.proposal_labels for it in items]),
+        category_prior=prior,
+        words=words,
+        word_lengths=torch.tensor([it.words.numel() for it in items], dtype=torch.long),
+        phrase_spans=spans,
+        phrase_valid=phrase_valid,
+        phrase_targets=targets,
+        relation_index=torch.tensor(relation_index, dtype=torch.long).reshape(-1, 3),
+        relation_labels=torch.stack(relation_labels) if relation_labels else torch.zeros(0, num_relation_classes),
+        gt_boxes=gt,
+        meta=[it.meta for it in items],
+    )
+
+
+class _Collate:
+    """Picklable ``collate_fn`` (a lambda would not survive spawn-started workers)."""
+
+    def __init__(self, num_relation_classes: int) -> None:
+        self.num_relation_classes = num_relation_classes
+
+    def __call__(self, items):
+        return collate_grounding(items, self.num_relation_classes)
+
+
+def load_annotations(cfg: DataConfig, split: str) -> list[ImageAnnotation]:
+    """Read ``split`` with the dataset's reader and attach relations when ``cfg.relations`` is set."""
+    if cfg.dataset == "referit":
+        from relground.data.referit import load_referit
+
+        images = load_referit(cfg.root, split)
+    else:
+        from relground.data.flickr30k import load_flickr30k
+
+        images = load_flickr30k(cfg.root, split, skip_invalid=cfg.skip_invalid)
+    relations = cfg.relations_path(split)
+    if relations:
+        from relground.language.relations import attach_relations
+
+        attach_relations(images, relations)
+    return images
+
+
+def build_dataset(cfg: DataConfig, split: str, caption_vocab, phrase_vocab, category_prior, images=None) -> GroundingDataset:
+    """A :class:`GroundingDataset` for ``split`` configured by ``cfg``."""
+    images = load_annotations(cfg, split) if images is None else images
+    return GroundingDataset(
+        images,
+        ProposalStore(cfg.proposals_path(split)),
+        caption_vocab,
+        phrase_vocab,
+        category_prior,
+        max_proposals=cfg.max_proposals,
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        pixel_format=cfg.pixel_format,
+        num_relation_classes=cfg.num_relation_classes,
+        load_images=cfg.loader == "pil",
+        image_dir=cfg.images or None,
+    )
+
+
+def build_dataloader(
+    cfg: DataConfig,
+    dataset: GroundingDataset,
+    train: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    device_id: Optional[int] = None,
+):
+    """Batches of ``dataset`` for one process of ``world_size``.
+
+    Args:
+        cfg (DataConfig): batch size, workers, loader.
+        dataset (GroundingDataset): from :func:`build_dataset`.
+        train (bool): shuffle (and drop the last incomplete batch). Default True.
+        rank (int), world_size (int): this process's shard; ``DistributedSampler`` when ``world_size > 1``.
+        seed (int): shuffling seed (call ``loader.sampler.set_epoch(e)`` per epoch when distributed).
+        device_id (int, optional): GPU for DALI's ``mixed`` decoder; ``None`` = CPU decoding.
+
+    Returns:
+        Iterable[GroundingBatch]: a ``DataLoader`` (PIL) or a :class:`relground.data.dali.DaliGroundingLoader`.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank: {rank} must be in [0, world_size={world_size})")
+    if cfg.loader == "dali":
+        from relground.data.dali import DaliGroundingLoader
+
+        return DaliGroundingLoader(
+            dataset, cfg.batch_size, shuffle=train, rank=rank, world_size=world_size, seed=seed,
+            num_threads=max(1, cfg.num_workers), device_id=device_id,
+        )
+    sampler = None
+    if world_size > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        collate_fn=_Collate(cfg.num_relation_classes),
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=cfg.num_workers > 0,
+        drop_last=train,
+        generator=generator,
+    )

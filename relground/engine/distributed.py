@@ -1,0 +1,187 @@
+"""Data-parallel helpers over ``torch.distributed``: process group set-up, rank queries, reductions, sampler.
+
+One process per device, launched by ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR``/``MASTER_PORT``) or by ``torch.multiprocessing.spawn`` with an explicit ``init_method``
+(tests use a temporary file). NCCL on GPUs, Gloo on CPUs. Every helper also works without a process group
+(a single process is rank 0 of a world of size 1), so the trainer has no separate single-process path.
+
+Example::
+
+    torchrun --nproc_per_node 4 -m relground.cli.main train --config configs/flickr30k_reir.yaml
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def get_local_rank() -> int:
+    """Index of this process's device on its node (``LOCAL_RANK`` from torchrun, else 0)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 alone logs, writes files and checkpoints."""
+    return get_rank() == 0
+
+
+def default_backend(device: torch.device | str) -> str:
+    """NCCL for CUDA tensors, Gloo otherwise."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def init_distributed(
+    device: torch.device | str,
+    *,
+    init_method: Optional[str] = None,
+    rank: Optional[int] = None,
+    world_size: Optional[int] = None,
+    timeout_s: float = 1800.0,
+) -> bool:
+    """Join the process group when launched as several processes; a no-op for a single process.
+
+    Args:
+        device: the device this process trains on; picks the backend (NCCL for ``cuda``, else Gloo).
+        init_method: rendezvous URL (``"file:///tmp/x"``, ``"tcp://host:port"``); default ``"env://"``
+            (torchrun's variables).
+        rank: this process's rank; default ``$RANK``.
+        world_size: number of processes; default ``$WORLD_SIZE`` (1 when unset: no process group).
+        timeout_s: collective timeout in seconds (default 30 min, torch's default).
+
+    Returns:
+        True when a process group is (now) initialised.
+
+    Raises:
+        ValueError: ``rank`` is outside ``[0, world_size)``.
+    """
+    if is_distributed():
+        return True
+    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    if world_size <= 1:
+        return False
+    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(
+        backend=default_backend(device),
+        init_method=init_method or "env://",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=timeout_s),
+    )
+    return True
+
+
+def destroy_distributed() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (identity for one process); returns ``tensor``."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def reduce_dict_mean(values: Mapping[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
+    """Mean of each scalar over ranks (every rank must pass the same keys). Used for logging only."""
+    if not is_distributed() or not values:
+        return dict(values)
+    keys = sorted(values)
+    stacked = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+    stacked /= get_world_size()
+    return dict(zip(keys, stacked.tolist()))
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` in rank order (``[obj]`` for one process)."""
+    if not is_distributed():
+        return [obj]
+    gathered: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """``DistributedSampler`` that can start an epoch part-way, so a resumed run skips batches without loading them.
+
+    The permutation of an epoch depends only on ``(seed, epoch)`` (as in ``DistributedSampler``), so a
+    resumed run that calls ``set_epoch(e)`` and ``set_start_index(i)`` yields exactly the indices the
+    interrupted run would have yielded from position ``i`` of epoch ``e`` on. The start index resets to 0
+    at the next ``set_epoch``.
+
+    Args:
+        dataset: the map-style dataset (only its length is used).
+        num_replicas: world size (default: the process group's).
+        rank: this process's rank (default: the process group's).
+        shuffle: permute each epoch (default True).
+        seed: permutation seed, identical on every rank (default 0).
+        drop_last: drop the tail so every rank gets the same count (default False: pad by repeating).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        num_replicas: Optional[int] = None,
+        rank: Optional[int] = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__(
+            dataset,
+            num_replicas=get_world_size() if num_replicas is None else num_replicas,
+            rank=get_rank() if rank is None else rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
+        self.start_index = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.start_index = 0
+
+    def set_start_index(self, start_index: int) -> None:
+        """Skip the first ``start_index`` samples of this rank's share of the current epoch."""
+        if not 0 <= start_index <= self.num_samples:
+            raise ValueError(f"start_index must be in [0, {self.num_samples}], got {start_index}")
+        self.start_index = start_index
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        return iter(indices[self.start_index :])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start_index
+

@@ -1,0 +1,571 @@
+"""The training loop: a bare detectron2-style trainer with hooks, and ``train(cfg)`` that builds and runs it.
+
+Public API (used by ``relground train``, the evaluator/ablation CLIs and the tests)::
+
+    from relground.engine import Trainer, TrainConfig, train
+
+    result = train(cfg, resume=False, hooks=[])   # cfg: relground.config.Config
+    result["checkpoint"]  # path of model_final.pth (or of the checkpoint written on SIGTERM/SIGINT)
+    result["status"]      # "finished" | "interrupted" (then result["signal"] is the signal number)
+    result["metrics"]     # the last logged row: total_loss, loss/<name>, lr, images_per_s, ...
+    result["output_dir"], result["config"], result["iteration"]
+
+    # rebuild a trained model (evaluation, Grounder):
+    from relground.engine.build import build_loader, model_from_checkpoint
+    model, cfg, model_args = model_from_checkpoint(load_checkpoint(result["checkpoint"]))
+
+    trainer = Trainer(model, data_loader, solver_cfg, train_cfg, output_dir, seed=10)
+    trainer.register_hooks([MyEvalHook()])  # subclasses of relground.engine.hooks.HookBase
+    trainer.resume_or_load(resume=True)     # exact resume from <output_dir>/checkpoints, if any
+    result = trainer.train()
+
+Model protocol: ``model(batch, iteration=it)`` returns an object with ``total_loss`` (scalar Tensor) and
+``losses`` (``dict[str, Tensor]`` of scalar, unweighted components, for logging). A batch is anything the
+data loader yields; it is moved with ``batch.to(device)`` when it has that method, and counted with
+``batch.batch_size`` (else ``len(batch)``).
+
+One iteration = one optimizer step over ``train.accumulation_steps`` micro-batches, so the effective batch
+is per-process batch x world size x accumulation steps (``solver.ims_per_batch``). Everything that makes a
+resumed run identical to an uninterrupted one lives in the checkpoint: model, optimizer, lr scheduler,
+GradScaler, every rank's python/numpy/torch(/cuda) RNG state, the data position (sampler epoch + batches
+consumed in it) and hook states.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from relground.engine import distributed as du
+from relground.engine.checkpoint import Checkpointer, capture_rng_state, load_checkpoint, restore_rng_state
+from relground.engine.hooks import HookBase, MetricsWriter, PeriodicCheckpointer, ProgressBar, SignalHandler
+from relground.engine.solver import SolverConfig, build_lr_scheduler, build_optimizer, per_process_batch_size
+
+if TYPE_CHECKING:
+    from relground.config import Config
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to run training (``train.*`` in the YAML files).
+
+    Attributes:
+        device: ``"auto"`` (``cuda:<LOCAL_RANK>`` when CUDA is available, else ``cpu``), ``"cpu"`` or ``"cuda"``.
+        amp: autocast precision: ``"auto"`` (bf16 on GPU, fp32 on CPU), ``"bf16"``, ``"fp16"`` (with a
+            ``torch.amp.GradScaler``) or ``"fp32"``.
+        accumulation_steps: micro-batches per optimizer step (>= 1).
+        checkpoint_period: iterations between checkpoints (5000).
+        keep_checkpoints: periodic checkpoints kept on disk (3); ``model_final.pth`` is always kept.
+        log_period: iterations between CSV/TensorBoard rows (20).
+        progress_bar: show a tqdm bar on rank 0.
+        tensorboard: write TensorBoard events next to ``metrics.csv``.
+        find_unused_parameters: DistributedDataParallel flag; True because ReIR leaves heads unused on
+            some batches (e.g. the relation classifier when a batch has no relation).
+    """
+
+    device: str = "auto"
+    amp: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    accumulation_steps: int = 1
+    checkpoint_period: int = 5000
+    keep_checkpoints: int = 3
+    log_period: int = 20
+    progress_bar: bool = True
+    tensorboard: bool = True
+    find_unused_parameters: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("accumulation_steps", "checkpoint_period", "keep_checkpoints", "log_period"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.device != "auto" and torch.device(self.device).type not in ("cpu", "cuda"):
+            raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> this process's GPU (``LOCAL_RANK``) when CUDA is available, else the CPU.
+
+    Raises:
+        ValueError: CUDA was asked for but is not available.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"train.device is {name!r} but CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", du.get_local_rank())
+    return device
+
+
+def resolve_amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype, or None for float32."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return AMP_DTYPES[amp]
+
+
+def seed_all(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _batch_size(batch: Any) -> int:
+    return int(batch.batch_size) if hasattr(batch, "batch_size") else len(batch)
+
+
+class DataStream:
+    """An endless stream of batches over a finite data loader that knows its position for exact resume.
+
+    Each pass over the loader is an epoch; before it the sampler's ``set_epoch(epoch)`` is called (when the
+    sampler has one), so a ``DistributedSampler`` shuffles by ``(seed, epoch)`` only. A loader with its own
+    ``generator`` (a ``RandomSampler``) has that generator's state at the epoch start saved and restored.
+    On resume, the batches already consumed in the epoch are skipped through ``sampler.set_start_index``
+    (see :class:`~relground.engine.distributed.ResumableDistributedSampler`) without loading them; with any
+    other sampler they are loaded and dropped. Iterators are created inside ``torch.random.fork_rng`` so
+    the loader's seed draws do not shift the global RNG stream the model uses.
+
+    Args:
+        loader: a ``torch.utils.data.DataLoader`` (or any re-iterable of batches).
+    """
+
+    def __init__(self, loader: Iterable) -> None:
+        self.loader = loader
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self._iterator: Optional[Iterator] = None
+        self._epoch_generator_state: Optional[torch.Tensor] = None  # loader.generator at this epoch's start
+        self._pending_generator_state: Optional[torch.Tensor] = None  # to restore at the next epoch start
+
+    @property
+    def sampler(self) -> Any:
+        batch_sampler = getattr(self.loader, "batch_sampler", None)
+        return getattr(batch_sampler, "sampler", None) or getattr(self.loader, "sampler", None)
+
+    @property
+    def generator(self) -> Optional[torch.Generator]:
+        return getattr(self.loader, "generator", None)
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+        if self.generator is not None:
+            if self._iterator is not None:
+                state["generator"] = self._epoch_generator_state
+            elif self._pending_generator_state is not None:
+                state["generator"] = self._pending_generator_state
+            else:  # between epochs: the next epoch starts from the current state
+                state["generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+        self._pending_generator_state = state.get("generator")
+        self._iterator = None
+
+    def _start_epoch(self) -> None:
+        sampler, generator = self.sampler, self.generator
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
+        if generator is not None:
+            if self._pending_generator_state is not None:
+                generator.set_state(self._pending_generator_state)
+                self._pending_generator_state = None
+            self._epoch_generator_state = generator.get_state()
+        skip = self.batch_in_epoch
+        batch_size = getattr(self.loader, "batch_size", None)
+        if skip and batch_size and hasattr(sampler, "set_start_index"):
+            sampler.set_start_index(skip * batch_size)
+            skip = 0
+        with torch.random.fork_rng(devices=[]):
+            self._iterator = iter(self.loader)
+        for _ in range(skip):
+            next(self._iterator)
+
+    def __iter__(self) -> "DataStream":
+        return self
+
+    def __next__(self) -> Any:
+        for _ in range(2):  # at most one epoch boundary per batch; a second means an empty loader
+            if self._iterator is None:
+                self._start_epoch()
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self._iterator = None
+                continue
+            self.batch_in_epoch += 1
+            return batch
+        raise ValueError("data loader: an epoch yielded no batch (empty dataset, or drop_last with a batch too large)")
+
+
+class Trainer:
+    """Iteration-based training: SGD + warm-up/multi-step lr, torch.amp, DDP, accumulation, hooks, exact resume.
+
+    Args:
+        model: follows the model protocol in the module docstring; moved to ``device`` (and wrapped in
+            DistributedDataParallel when a process group is initialised).
+        data_loader: yields this process's batches (e.g. a DataLoader over a
+            :class:`~relground.engine.distributed.ResumableDistributedSampler`).
+        solver: optimizer and lr schedule (``max_iter`` = number of iterations).
+        cfg: :class:`TrainConfig`.
+        output_dir: run folder for checkpoints and logs; ``None`` trains in memory (no default hooks
+            except the progress bar).
+        device: overrides ``cfg.device``.
+        seed: seed of python/numpy/torch for this run (rank r uses ``seed + r``, so dropout differs
+            per rank); replaced by the checkpoint's RNG states on resume.
+        checkpoint_extra: more entries stored in every checkpoint (e.g. ``config``, model build arguments).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data_loader: Iterable,
+        solver: SolverConfig,
+        cfg: TrainConfig = TrainConfig(),
+        output_dir: Optional[str | Path] = None,
+        *,
+        device: Optional[str | torch.device] = None,
+        seed: Optional[int] = None,
+        checkpoint_extra: Optional[dict[str, Any]] = None,
+    ) -> None:
+        self.solver = solver
+        self.cfg = cfg
+        self.device = torch.device(device) if device is not None else resolve_device(cfg.device)
+        self.amp_dtype = resolve_amp_dtype(cfg.amp, self.device)
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.checkpoint_extra = dict(checkpoint_extra or {})
+        self.world_size = du.get_world_size()
+        self.rank = du.get_rank()
+        if seed is not None:
+            seed_all(seed + self.rank)
+
+        model.to(self.device)
+        self.optimizer = build_optimizer(solver, model)
+        self.scheduler = build_lr_scheduler(solver, self.optimizer)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        if du.is_distributed():
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            # broadcast_buffers=False: BatchNorm statistics stay per process, as in detectron2
+            model = DistributedDataParallel(
+                model,
+                device_ids=device_ids,
+                broadcast_buffers=False,
+                find_unused_parameters=cfg.find_unused_parameters,
+            )
+        self.model = model
+        self.data = DataStream(data_loader)
+        self.checkpointer = (
+            Checkpointer(self.output_dir / "checkpoints", keep_last=cfg.keep_checkpoints) if self.output_dir else None
+        )
+
+        self.max_iter = solver.max_iter
+        self.start_iter = 0
+        self.iteration = 0  # completed optimizer steps
+        self.iter = 0  # index of the step being run (valid inside before_step/after_step)
+        self.status: Literal["created", "running", "finished", "interrupted", "failed"] = "created"
+        self.step_metrics: dict[str, float] = {}
+        self.last_checkpoint: Optional[Path] = None
+        self._stop_signal: Optional[int] = None
+        self._batch_size_checked = False
+        self._hooks: list[HookBase] = []
+        self.metrics: Optional[MetricsWriter] = None
+        self.register_hooks(self.default_hooks())
+
+    # ------------------------------------------------------------------ hooks
+    def default_hooks(self) -> list[HookBase]:
+        """Signal handling, periodic checkpoints, CSV/TensorBoard metrics and a progress bar."""
+        if self.output_dir is None:
+            return [ProgressBar(enabled=self.cfg.progress_bar)]
+        self.metrics = MetricsWriter(self.output_dir, self.cfg.log_period, tensorboard=self.cfg.tensorboard)
+        return [
+            SignalHandler(),
+            PeriodicCheckpointer(self.cfg.checkpoint_period),
+            self.metrics,
+            ProgressBar(self.metrics, enabled=self.cfg.progress_bar),
+        ]
+
+    def register_hooks(self, hooks: Sequence[HookBase]) -> None:
+        """Append hooks; they run in registration order at each hook point."""
+        for hook in hooks:
+            hook.trainer = self
+            self._hooks.append(hook)
+
+    def request_stop(self, signum: int) -> None:
+        """Stop after the current step and checkpoint (called by :class:`SignalHandler`)."""
+        self._stop_signal = signum
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> dict[str, Any]:
+        """Run iterations ``start_iter .. max_iter - 1`` and call the hooks.
+
+        Returns:
+            dict with ``status`` (``"finished"`` or ``"interrupted"``), ``iteration`` (completed steps),
+            ``signal`` (the stopping signal number or None), ``checkpoint`` (path of the last checkpoint
+            written, or None), ``output_dir`` and ``metrics`` (the last logged row).
+
+        Raises:
+            FloatingPointError: a loss became NaN/inf (no checkpoint is written after it).
+        """
+        self.status = "running"
+        self.model.train()
+        for hook in self._hooks:
+            hook.before_train()
+        try:
+            for self.iter in range(self.start_iter, self.max_iter):
+                for hook in self._hooks:
+                    hook.before_step()
+                stop = self.run_step()
+                self.iteration = self.iter + 1
+                for hook in self._hooks:
+                    hook.after_step()
+                if stop:
+                    self.status = "interrupted"
+                    break
+            else:
+                self.status = "finished"
+        except BaseException:
+            self.status = "failed"
+            raise
+        finally:
+            for hook in self._hooks:
+                hook.after_train()
+        return {
+            "status": self.status,
+            "iteration": self.iteration,
+            "signal": self._stop_signal,
+            "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+            "output_dir": str(self.output_dir) if self.output_dir else None,
+            "metrics": dict(self.metrics.latest) if self.metrics else {},
+        }
+
+    def run_step(self) -> bool:
+        """One optimizer step over ``accumulation_steps`` micro-batches.
+
+        Returns:
+            True when a stop was requested (on any rank) and training should end after this step.
+
+        Raises:
+            FloatingPointError: naming the non-finite loss and the iteration.
+        """
+        accumulation = self.cfg.accumulation_steps
+        start = time.perf_counter()
+        data_time = 0.0
+        images = 0
+        totals = [0.0]  # [total_loss, *components], averaged over micro-batches
+        names: list[str] = []
+        stop = False
+        self.optimizer.zero_grad(set_to_none=True)
+        for micro in range(accumulation):
+            tick = time.perf_counter()
+            batch = next(self.data)
+            data_time += time.perf_counter() - tick
+            if hasattr(batch, "to"):
+                batch = batch.to(self.device, non_blocking=True)
+            images += self._check_batch_size(_batch_size(batch))
+            # gradients are all-reduced only on the last micro-batch of the step
+            last = micro == accumulation - 1
+            sync = self.model.no_sync() if isinstance(self.model, DistributedDataParallel) and not last else nullcontext()
+            with sync:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    output = self.model(batch, iteration=self.iter)
+                names = list(output.losses)
+                scalars = [output.total_loss] + [output.losses[n] for n in names]
+                values = torch.stack([v.detach().reshape(()).double() for v in scalars]).tolist()  # one host sync
+                stop = self._guard(values, names) or stop
+                self.scaler.scale(output.total_loss / accumulation).backward()
+            if len(totals) != len(values):
+                totals = [0.0] * len(values)
+            totals = [t + v / accumulation for t, v in zip(totals, values)]
+
+        lr = self.optimizer.param_groups[0]["lr"]  # the lr this step uses
+        if self.solver.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(unwrap(self.model).parameters(), self.solver.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+        self.step_metrics = {
+            "total_loss": totals[0],
+            **{f"loss/{n}": v for n, v in zip(names, totals[1:])},
+            "lr": lr,
+            "images": float(images * self.world_size),
+            "time": time.perf_counter() - start,
+            "data_time": data_time,
+        }
+        return stop
+
+    def _guard(self, values: list[float], names: list[str]) -> bool:
+        """NaN/inf guard on the losses (agreed over ranks, with the stop flag). Returns the stop flag."""
+        # name a component before the total: it says where the NaN came from
+        named = list(zip(names, values[1:])) + [("total_loss", values[0])]
+        local_bad = next(((n, v) for n, v in named if not math.isfinite(v)), None)
+        flags = [float(local_bad is not None), float(self._stop_signal is not None)]
+        if du.is_distributed():
+            flags = du.all_reduce_sum(torch.tensor(flags, dtype=torch.float64, device=self.device)).tolist()
+        if flags[0] > 0:
+            where = f"loss '{local_bad[0]}' is {local_bad[1]}" if local_bad else "a loss is NaN/inf on another rank"
+            good = self.checkpointer.latest() if self.checkpointer else None
+            raise FloatingPointError(
+                f"{where} at iteration {self.iter}; training stopped before the optimizer step. "
+                + (f"The last good checkpoint is {good} (nothing newer was written)." if good else "No checkpoint was written.")
+            )
+        return flags[1] > 0
+
+    def _check_batch_size(self, size: int) -> int:
+        """The first batch must hold ``solver.ims_per_batch / (world size x accumulation steps)`` items (when set)."""
+        if not self._batch_size_checked:
+            self._batch_size_checked = True
+            expected = per_process_batch_size(self.solver, self.world_size, self.cfg.accumulation_steps)
+            if expected is not None and size != expected:
+                raise ValueError(
+                    f"solver.ims_per_batch={self.solver.ims_per_batch} needs {expected} items per process batch "
+                    f"(world size {self.world_size} x train.accumulation_steps {self.cfg.accumulation_steps}), "
+                    f"but the data loader yields {size}"
+                )
+        return size
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> Optional[dict[str, Any]]:
+        """Everything needed to resume exactly. Collective (gathers every rank's RNG state); None off rank 0."""
+        rng = du.all_gather_object(capture_rng_state())
+        if not du.is_main_process():
+            return None
+        return {
+            **self.checkpoint_extra,
+            "iteration": self.iteration,
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "data": self.data.state_dict(),
+            "hooks": {f"{i}:{type(h).__name__}": h.state_dict() for i, h in enumerate(self._hooks)},
+            "rng": rng,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (on every rank)."""
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.data.load_state_dict(state["data"])
+        for i, hook in enumerate(self._hooks):
+            hook_state = state.get("hooks", {}).get(f"{i}:{type(hook).__name__}")
+            if hook_state:
+                hook.load_state_dict(hook_state)
+        if state.get("world_size", 1) == self.world_size:
+            restore_rng_state(state["rng"][self.rank])
+        else:
+            warnings.warn(
+                f"checkpoint was written by {state.get('world_size')} processes, resuming with {self.world_size}: "
+                "RNG states and data order are not restored exactly",
+                RuntimeWarning,
+            )
+        self.start_iter = self.iteration = int(state["iteration"])
+
+    def save_checkpoint(self, final: bool = False) -> Optional[Path]:
+        """Write a checkpoint of the current state (collective; rank 0 writes). Returns its path on rank 0."""
+        if self.checkpointer is None:
+            return None
+        state = self.state_dict()
+        if state is not None:
+            self.last_checkpoint = self.checkpointer.save(state, self.iteration, final=final)
+        du.barrier()  # no rank runs ahead while rank 0 writes (a later failure must not outrun the file)
+        return self.last_checkpoint
+
+    def resume_or_load(self, resume: bool = True, weights: Optional[str | Path] = None) -> int:
+        """Resume from the newest checkpoint in ``<output_dir>/checkpoints`` (when ``resume``), else load ``weights``.
+
+        Args:
+            resume: continue the run exactly (model, optimizer, scheduler, scaler, RNG, data position).
+            weights: a checkpoint whose model weights initialise a fresh run (ignored when resuming).
+
+        Returns:
+            The iteration training will start from.
+        """
+        latest = self.checkpointer.latest() if (resume and self.checkpointer) else None
+        if latest is not None:
+            self.load_state_dict(load_checkpoint(latest, map_location="cpu"))
+            self.last_checkpoint = latest
+        elif weights is not None:
+            unwrap(self.model).load_state_dict(load_checkpoint(weights, map_location="cpu")["model"])
+        return self.start_iter
+
+
+def train(cfg: "Config", *, resume: bool = False, hooks: Sequence[HookBase] = ()) -> dict[str, Any]:
+    """Build the model and data from ``cfg``, train (resuming when asked) and return the result.
+
+    Initialises ``torch.distributed`` when launched by torchrun, writes ``<output_dir>/config.yaml``
+    (rank 0), trains, and tears the process group down.
+
+    Args:
+        cfg: a frozen :class:`relground.config.Config`.
+        resume: continue from the newest checkpoint in ``cfg.output_dir`` (starts fresh when there is none).
+        hooks: extra hooks (e.g. periodic evaluation), run after the default ones.
+
+    Returns:
+        :meth:`Trainer.train`'s dict plus ``config`` (path of the saved YAML).
+
+    Raises:
+        ValueError: ``cfg.output_dir`` already holds checkpoints and ``resume`` is False (nothing is
+            overwritten), or a bad config / data file (named).
+        FileNotFoundError: a data file is missing (named).
+        FloatingPointError: a loss became NaN/inf (the last good checkpoint is kept and named).
+    """
+    from relground.config import save_config, to_dict
+    from relground.engine.build import build_model, build_train_loader
+
+    output_dir = Path(cfg.output_dir)
+    config_path = output_dir / "config.yaml"
+    if not resume and Checkpointer(output_dir / "checkpoints").latest() is not None:
+        raise ValueError(f"output_dir {output_dir} already holds checkpoints; resume it (--resume) or choose another folder")
+    device = resolve_device(cfg.train.device)
+    du.init_distributed(device)
+    try:
+        seed_all(cfg.seed)  # identical initial weights on every rank
+        train_loader, model_args = build_train_loader(cfg)
+        model = build_model(cfg, model_args)
+        if du.is_main_process():
+            output_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, config_path)
+        trainer = Trainer(
+            model,
+            train_loader,
+            cfg.solver,
+            cfg.train,
+            output_dir,
+            device=device,
+            seed=cfg.seed,
+            checkpoint_extra={"config": to_dict(cfg), "model_args": model_args},
+        )
+        trainer.register_hooks(hooks)
+        trainer.resume_or_load(resume=resume)
+        result = trainer.train()
+        result["config"] = str(config_path)
+        return result
+    finally:
+        du.destroy_distributed()

@@ -1,0 +1,18 @@
+"""The weakly supervised losses of ReIR (paper Eq. 12-17), each reported separately by the model."""
+
+from relground.losses.ranking import RankingEmbedding, ranking_loss
+from relground.losses.reconstruction import PhraseDecoder, phrase_target_lengths, reconstruction_loss
+from relground.losses.regression import self_taught_regression_loss
+from relground.losses.relation import RelationClassifier, relation_class_weights, relation_loss
+
+__all__ = [
+    "PhraseDecoder",
+    "RankingEmbedding",
+    "RelationClassifier",
+    "phrase_target_lengths",
+    "ranking_loss",
+    "reconstruction_loss",
+    "relation_class_weights",
+    "relation_loss",
+    "self_taught_regression_loss",
+]

@@ -1,0 +1,56 @@
+"""Self-taught regression loss (paper Eq. 15): each phrase's most attended box is the pseudo ground truth of
+its overlapping neighbours."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from relground.losses._dtype import upcast
+
+
+def self_taught_regression_loss(
+    deltas: Tensor,
+    boxes: Tensor,
+    attention: Tensor,
+    valid: Tensor,
+    targets_fn: Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]],
+    iou_threshold: float = 0.6,
+    score_gap: float = 0.1,
+    weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
+    phrase_valid: Tensor | None = None,
+) -> Tensor:
+    """Smooth-L1 (beta 1) between predicted deltas and the self-taught targets.
+
+    The anchor of each phrase is its argmax-attention box; every other box with IoU >= ``iou_threshold``
+    (exact duplicates excluded) is *selected* and targets the delta to the anchor, with weight 1 only if its
+    attention is at least ``score_gap`` below the anchor's (else 0). As the authors: the mean over all
+    selected entries' coordinates, zero-weighted ones included; 0 when nothing is selected.
+
+    Args:
+        deltas (Tensor[B, P, M, 4]): predicted deltas.
+        boxes (Tensor[B, M, 4]): the boxes the deltas refer to (xyxy resized pixels).
+        attention (Tensor[B, P, M]): attention that picks the anchor (no gradient flows through it).
+        valid (Tensor[B, M]): bool, real boxes.
+        targets_fn: ``relground.ops.self_taught_targets`` or its reference.
+        iou_threshold: tau. Default 0.6.
+        score_gap: minimum attention gap for weight 1. Default 0.1.
+        weights: box-coder weights. Default (10, 10, 5, 5).
+        phrase_valid (Tensor[B, P]): bool, phrases that count; None = all.
+
+    Returns:
+        Tensor[]: the loss.
+    """
+    targets, selected, weight, _ = targets_fn(
+        boxes.detach(), attention.detach(), iou_threshold, score_gap, weights, valid
+    )  # [B, P, M, 4], [B, P, M], [B, P, M], [B, P]
+    if phrase_valid is not None:
+        selected = selected & phrase_valid[..., None]
+    count = selected.sum()
+    if count == 0:
+        return deltas.sum() * 0.0
+    per_coord = F.smooth_l1_loss(upcast(deltas), upcast(targets), reduction="none", beta=1.0)  # [B, P, M, 4]
+    weighted = per_coord * (upcast(weight) * selected)[..., None]
+    return weighted.sum() / (count * 4)

@@ -1,0 +1,70 @@
+"""Box features x_o: pooled ResNet features (+ optional spatial feature) -> Linear -> ReLU -> BatchNorm to d."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from relground.model.backbone import ResNetBackbone
+from relground.model.layers import masked_batch_norm
+
+SPATIAL_DIM = 5  # x1/W, y1/H, x2/W, y2/H, area/(W*H)
+
+
+def spatial_features(boxes: Tensor, image_sizes: Tensor) -> Tensor:
+    """Normalised box geometry (paper Sec. 3.2.1; not used in the authors' final code).
+
+    Args:
+        boxes (Tensor[B, X, 4]): xyxy, resized-image pixels.
+        image_sizes (Tensor[B, 2]): (height, width) of each resized image.
+
+    Returns:
+        Tensor[B, X, 5]: (x1/W, y1/H, x2/W, y2/H, area/(W*H)), in [0, 1] for boxes inside the image.
+    """
+    height = image_sizes[:, 0].to(boxes.dtype)[:, None]  # [B, 1]
+    width = image_sizes[:, 1].to(boxes.dtype)[:, None]
+    x1, y1, x2, y2 = boxes.unbind(-1)  # [B, X] each
+    area = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    return torch.stack((x1 / width, y1 / height, x2 / width, y2 / height, area / (width * height)), dim=-1)
+
+
+class BoxHead(nn.Module):
+    """Embeds boxes of a batch into d-dimensional features (shared by both stages).
+
+    Args:
+        in_channels: width of the pooled ResNet feature (``ResNetBackbone.out_channels``).
+        hidden_dim: d. Authors: 1024.
+        spatial_feature: concatenate :func:`spatial_features` before the Linear layer.
+    """
+
+    def __init__(self, in_channels: int, hidden_dim: int, spatial_feature: bool = False):
+        super().__init__()
+        self.spatial_feature = spatial_feature
+        self.fc = nn.Linear(in_channels + (SPATIAL_DIM if spatial_feature else 0), hidden_dim)
+        self.norm = nn.BatchNorm1d(hidden_dim)
+
+    def forward(
+        self, backbone: ResNetBackbone, maps: Tensor, boxes: Tensor, valid: Tensor, image_sizes: Tensor
+    ) -> Tensor:
+        """
+        Args:
+            backbone: pools the boxes from ``maps`` (faithful or fast head).
+            maps (Tensor[B, C, h, w]): ``backbone.image_maps(...)``.
+            boxes (Tensor[B, X, 4]): xyxy resized-image pixels (proposals, or refined boxes flattened to X = P*K).
+            valid (Tensor[B, X]): bool; invalid boxes are not pooled, get zero features and stay out of BatchNorm.
+            image_sizes (Tensor[B, 2]): (height, width).
+
+        Returns:
+            Tensor[B, X, d]
+        """
+        B, X, _ = boxes.shape
+        batch_index, box_index = valid.nonzero(as_tuple=True)  # [N] each
+        rois = torch.cat((batch_index[:, None].to(boxes.dtype), boxes[batch_index, box_index]), dim=1)  # [N, 5]
+        pooled = backbone.box_features(maps, rois.detach())  # [N, C5]; RoIAlign has no gradient w.r.t. boxes
+        if self.spatial_feature:
+            geometry = spatial_features(boxes, image_sizes)[batch_index, box_index]  # [N, 5]
+            pooled = torch.cat((pooled, geometry.to(pooled.dtype)), dim=1)
+        hidden = torch.relu(self.fc(pooled))  # [N, d]
+        full = hidden.new_zeros((B, X, hidden.shape[1]))
+        full[batch_index, box_index] = hidden
+        return masked_batch_norm(self.norm, full, valid)  # BatchNorm over the real boxes only

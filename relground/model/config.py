@@ -1,0 +1,243 @@
+"""Typed, frozen configuration of the ReIR network (:class:`ModelConfig`) and its losses (:class:`LossConfig`).
+
+Defaults follow the authors' final setting (see ``/work/shared/notes/reference-implementation.md``); the
+paper's ablations (Tab. 2, Tab. 3) are named presets::
+
+    cfg = ModelConfig.preset("tsd_str", backbone="resnet10", hidden_dim=64)
+
+Every field is a plain value so the top-level config can read it from YAML and override it with
+``--set model.top_k=3``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+BACKBONES = ("resnet101", "resnet50", "resnet18", "resnet10")
+BOX_HEADS = ("faithful", "fast")
+RNN_TYPES = ("gru", "lstm")
+SCORE_FUSIONS = ("product", "sigmoid_product")
+VOGN_VARIANTS = ("authors", "paper")
+VOGN_WEIGHTS = ("attention", "uniform")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights and schedules of the weakly supervised losses (paper Eq. 12-17).
+
+    ``total = lambda_rec * (rec_s1 + rec_s2) + lambda_reg * (reg_s1 + reg_s2) + lambda_rel * rel
+    + lambda_rank * (rank_s1 + rank_s2)``, each term only where active.
+
+    Attributes:
+        reconstruction_stages: stages whose pooled vector reconstructs the phrase. Authors' final model: (2,).
+        ranking: image-caption ranking loss on every active stage.
+        regression: self-taught regression loss (needs ``ModelConfig.box_regression``).
+        relation: relation classification loss on stage-2 vectors (needs ``ModelConfig.two_stage``).
+        lambda_rec: weight of the reconstruction terms. Default 1.
+        lambda_reg: lambda_1, weight of the regression terms. Default 0.1.
+        lambda_rel: lambda_2, weight of the relation term. Default 1.
+        lambda_rank: lambda_3, weight of the ranking terms. Default 1.
+        regression_start_iteration: first iteration with the regression loss. The authors' code: 0; the paper's
+            text says 7,500 (which is where the code starts re-pooling refined boxes).
+        iou_threshold: tau, IoU with the anchor box above which a proposal is regressed towards it. Default 0.6.
+        score_gap: a neighbour counts (weight 1) only if its attention is at least this far below the anchor's.
+        ranking_margin: margin of the hardest-negative ranking loss, in softmax-probability units. Default 0.2.
+        relation_weight_range: per-class BCE weights span [1, 1 + this] (``1 + 9 * minmax(1/sqrt(count))``).
+    """
+
+    reconstruction_stages: tuple[int, ...] = (2,)
+    ranking: bool = True
+    regression: bool = True
+    relation: bool = True
+    lambda_rec: float = 1.0
+    lambda_reg: float = 0.1
+    lambda_rel: float = 1.0
+    lambda_rank: float = 1.0
+    regression_start_iteration: int = 0
+    iou_threshold: float = 0.6
+    score_gap: float = 0.1
+    ranking_margin: float = 0.2
+    relation_weight_range: float = 9.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reconstruction_stages", tuple(int(s) for s in self.reconstruction_stages))
+        if not set(self.reconstruction_stages) <= {1, 2}:
+            raise ValueError(f"loss.reconstruction_stages must hold 1 and/or 2, got {self.reconstruction_stages}")
+        for name in ("lambda_rec", "lambda_reg", "lambda_rel", "lambda_rank", "ranking_margin", "score_gap"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.iou_threshold <= 1.0:
+            raise ValueError(f"loss.iou_threshold must be in [0, 1], got {self.iou_threshold}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture switches of ReIR.
+
+    Attributes:
+        backbone: ``resnet101`` (the paper), ``resnet50``, ``resnet18`` or ``resnet10`` (BasicBlock x [1,1,1,1],
+            the small CPU option). torchvision constructors, random init unless ``backbone_weights`` is given.
+        backbone_weights: local file with ResNet weights (torchvision, detectron2, maskrcnn-benchmark or
+            Detectron/Caffe naming; see :func:`relground.model.backbone.map_resnet_state_dict`). None = random.
+        stride_in_1x1: put the stride of each stage on the 1x1 conv (MSRA/Caffe ResNets, e.g. the
+            bottom-up-attention weights) instead of the 3x3 conv (torchvision).
+        freeze_backbone: the whole ResNet (stem..layer4) in eval mode without gradients, as the authors.
+        box_head: ``faithful`` (RoIAlign 7x7 on C4 -> per-box layer4 -> mean) or ``fast`` (dilated layer4 on the
+            whole C4 map once per image -> fused RoIAlign+mean).
+        roi_output_size: RoIAlign grid P. Default 7.
+        roi_sampling_ratio: RoIAlign samples per bin side. Default 2.
+        spatial_feature: append (x1/W, y1/H, x2/W, y2/H, area/(WH)) to each box feature (paper Sec. 3.2.1).
+        cache_features: keep the frozen backbone's map per ``meta['image_id']`` (needs a frozen backbone and no
+            augmentation: the map of an image then never changes).
+        cache_max_images: bound of that cache (least recently used images are dropped). Default 4096.
+        channels_last: run the backbone in channels_last memory format.
+        hidden_dim: d, width of box, phrase and node features. Authors: 1024.
+        word_dim: word-embedding width (50 to load the shared GloVe 6B 50-d vectors). Authors: 1024.
+        rnn_type: ``gru`` (authors) or ``lstm`` (the paper's text).
+        bidirectional: bidirectional encoder (each direction hidden_dim / 2 wide).
+        phrase_batchnorm: BatchNorm1d on phrase features, as the authors.
+        two_stage: TSD, the second (fine) stage on the top-K proposals.
+        top_k: K proposals per phrase kept for stage 2. Default 5.
+        box_regression: STR, F_reg heads and box refinement.
+        regression_uses_phrase: feed the phrase feature to F_reg (False = "STR w/o x_q" ablation).
+        refine_start_iteration: from this iteration stage 2 re-pools the stage-1-refined boxes; before it,
+            it reuses the unrefined top-K features. Authors: 7,500. Evaluation (iteration None) always refines.
+        vogn: Visual Object Graph Network between stage 1 and stage 2.
+        vogn_variant: ``authors`` (gate = ReLU(<Wc_i, Wc_j>/sqrt(512)), x += a * ReLU(Linear(sum gate c_j)))
+            or ``paper`` (Eq. 6-8).
+        vogn_weights: ``attention`` (learned, Eq. 7) or ``uniform`` (1/degree, the "w/o attention" ablation).
+        vogn_dim: width of the VOGN key projection. Authors: 512.
+        score_fusion: how the category prior s_a multiplies the logit: ``product`` (s_hat * s_a, authors) or
+            ``sigmoid_product`` (sigmoid(s_hat) * s_a, monotone in both; see docs/model.md).
+        ranking_dim: width of the image/caption ranking embeddings. Authors: 512.
+        relation_hidden: hidden width of F_rel. Authors: 1024.
+        regression_hidden: hidden width of F_reg. Authors: 256.
+        box_coder_weights: R-CNN delta weights (wx, wy, ww, wh). Default (10, 10, 5, 5).
+        native_ops: use relground.ops (native kernels when built); False = the pure-PyTorch references.
+        loss: the :class:`LossConfig`.
+    """
+
+    backbone: str = "resnet101"
+    backbone_weights: Optional[str] = None
+    stride_in_1x1: bool = False
+    freeze_backbone: bool = True
+    box_head: str = "faithful"
+    roi_output_size: int = 7
+    roi_sampling_ratio: int = 2
+    spatial_feature: bool = False
+    cache_features: bool = False
+    cache_max_images: int = 4096
+    channels_last: bool = False
+    hidden_dim: int = 1024
+    word_dim: int = 1024
+    rnn_type: str = "gru"
+    bidirectional: bool = False
+    phrase_batchnorm: bool = True
+    two_stage: bool = True
+    top_k: int = 5
+    box_regression: bool = True
+    regression_uses_phrase: bool = True
+    refine_start_iteration: int = 7500
+    vogn: bool = True
+    vogn_variant: str = "authors"
+    vogn_weights: str = "attention"
+    vogn_dim: int = 512
+    score_fusion: str = "product"
+    ranking_dim: int = 512
+    relation_hidden: int = 1024
+    regression_hidden: int = 256
+    box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    native_ops: bool = True
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.loss, dict):  # YAML / --set hands a plain mapping
+            object.__setattr__(self, "loss", LossConfig(**self.loss))
+        object.__setattr__(self, "box_coder_weights", tuple(float(w) for w in self.box_coder_weights))
+        choices = {
+            "backbone": BACKBONES,
+            "box_head": BOX_HEADS,
+            "rnn_type": RNN_TYPES,
+            "score_fusion": SCORE_FUSIONS,
+            "vogn_variant": VOGN_VARIANTS,
+            "vogn_weights": VOGN_WEIGHTS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"model.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("hidden_dim", "word_dim", "top_k", "roi_output_size", "vogn_dim", "ranking_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.bidirectional and self.hidden_dim % 2:
+            raise ValueError(f"model.hidden_dim must be even with model.bidirectional, got {self.hidden_dim}")
+        if self.cache_features and not self.freeze_backbone:
+            raise ValueError("model.cache_features needs model.freeze_backbone (a trained map changes every step)")
+        if len(self.box_coder_weights) != 4:
+            raise ValueError(f"model.box_coder_weights needs 4 values, got {self.box_coder_weights}")
+        if self.vogn and not self.two_stage:
+            raise ValueError("model.vogn needs model.two_stage (the graph feeds the fine stage)")
+        if self.loss.relation and not self.two_stage:
+            raise ValueError("loss.relation needs model.two_stage (it classifies stage-2 vectors)")
+        if self.loss.regression and not self.box_regression:
+            raise ValueError("loss.regression needs model.box_regression (there are no deltas to train)")
+        if 2 in self.loss.reconstruction_stages and not self.two_stage:
+            raise ValueError("loss.reconstruction_stages has 2 but model.two_stage is False")
+
+    @property
+    def bbox_clip(self) -> float:
+        """Largest dw/dh before exp(): log(1000/16), as torchvision and detectron2."""
+        return math.log(1000.0 / 16)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        """A copy with ``changes``; ``loss=`` takes a LossConfig or a dict of LossConfig fields to change."""
+        loss = changes.pop("loss", None)
+        if isinstance(loss, dict):
+            loss = dataclasses.replace(self.loss, **loss)
+        if loss is not None:
+            changes["loss"] = loss
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "ModelConfig":
+        """The paper's ablations (Tab. 2) by name, then ``overrides`` (e.g. ``top_k=3`` for Tab. 3).
+
+        Args:
+            name: ``baseline`` (coarse matching, rec + rank), ``tsd`` (+ two stages), ``tsd_str`` (+ self-taught
+                regression), ``tsd_str_noq`` (regression without the phrase feature), ``tsd_vogn_rc`` (two stages +
+                VOGN + relation loss, no regression), ``full`` (everything) or ``full_uniform`` (uniform VOGN weights).
+            **overrides: any ModelConfig field; ``loss`` may be a dict of LossConfig fields.
+
+        Raises:
+            ValueError: unknown ``name``.
+        """
+        no_graph = dict(vogn=False)
+        presets: dict[str, dict[str, Any]] = {
+            "baseline": dict(
+                two_stage=False,
+                box_regression=False,
+                **no_graph,
+                loss=dict(reconstruction_stages=(1,), regression=False, relation=False),
+            ),
+            "tsd": dict(
+                box_regression=False,
+                **no_graph,
+                loss=dict(reconstruction_stages=(1, 2), regression=False, relation=False),
+            ),
+            "tsd_str": dict(**no_graph, loss=dict(reconstruction_stages=(1, 2), relation=False)),
+            "tsd_str_noq": dict(
+                regression_uses_phrase=False, **no_graph, loss=dict(reconstruction_stages=(1, 2), relation=False)
+            ),
+            "tsd_vogn_rc": dict(box_regression=False, loss=dict(regression=False)),
+            "full": dict(),
+            "full_uniform": dict(vogn_weights="uniform"),
+        }
+        if name not in presets:
+            raise ValueError(f"ModelConfig.preset name must be one of {sorted(presets)}, got {name!r}")
+        changes = presets[name]
+        loss_changes = dict(changes.pop("loss", {}))
+        loss_changes.update(overrides.pop("loss", {}) if isinstance(overrides.get("loss"), dict) else {})
+        loss = overrides.pop("loss", None) or dataclasses.replace(LossConfig(), **loss_changes)
+        return cls(**{**changes, **overrides, "loss": loss})

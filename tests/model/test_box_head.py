@@ -1,0 +1,41 @@
+import torch
+import torchvision
+
+from relground.model.backbone import ResNetBackbone
+from relground.model.box_head import BoxHead, spatial_features
+
+
+def test_spatial_features_are_normalised_geometry():
+    boxes = torch.tensor([[[10.0, 20.0, 50.0, 60.0], [0.0, 0.0, 100.0, 80.0]]])
+    features = spatial_features(boxes, torch.tensor([[80, 100]]))  # height 80, width 100
+    torch.testing.assert_close(features[0, 0], torch.tensor([0.1, 0.25, 0.5, 0.75, 40 * 40 / 8000]))
+    torch.testing.assert_close(features[0, 1], torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0]))
+
+
+def test_box_head_embeds_valid_boxes_and_keeps_padding_out_of_batchnorm():
+    torch.manual_seed(0)
+    backbone = ResNetBackbone("resnet10", box_head="faithful")
+    head = BoxHead(backbone.out_channels, 16, spatial_feature=True).train()
+    images = torch.randn(2, 3, 64, 96)
+    sizes = torch.tensor([[64, 96], [48, 80]])
+    boxes = torch.tensor(
+        [
+            [[4.0, 6.0, 50.0, 40.0], [20.0, 10.0, 90.0, 60.0], [0.0, 0.0, 0.0, 0.0]],
+            [[1.0, 2.0, 30.0, 40.0], [10.0, 10.0, 70.0, 45.0], [5.0, 5.0, 20.0, 20.0]],
+        ]
+    )
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    maps = backbone.image_maps(images, sizes)
+    out = head(backbone, maps, boxes, valid, sizes)
+    assert out.shape == (2, 3, 16) and out[0, 2].abs().sum() == 0
+    # Independent path: torchvision RoIAlign -> layer4 -> mean -> concat geometry -> Linear -> ReLU -> batch BN.
+    rows = []
+    for b, m in valid.nonzero().tolist():
+        roi = torch.cat((torch.tensor([float(b)]), boxes[b, m]))[None]
+        with torch.no_grad():
+            pooled = backbone.layer4(torchvision.ops.roi_align(maps, roi, 7, 1 / 16, 2, aligned=True)).mean((2, 3))[0]
+        geometry = spatial_features(boxes[b : b + 1, m : m + 1], sizes[b : b + 1])[0, 0]
+        rows.append(torch.relu(head.fc(torch.cat((pooled, geometry)))))
+    rows = torch.stack(rows)
+    expected = (rows - rows.mean(0)) / torch.sqrt(rows.var(0, unbiased=False) + head.norm.eps)
+    torch.testing.assert_close(out[valid], expected * head.norm.weight + head.norm.bias, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,209 @@
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from relground.model import LossConfig, ModelConfig, ReIR
+from relground.model.matching import BoxDecoder
+from tests.model.batch_factory import CAPTION_VOCAB, PHRASE_VOCAB, RELATION_CLASSES, make_batch, tiny_config
+
+EXPECTED_LOSSES = {
+    "baseline": {"rec_s1", "rank_s1"},
+    "tsd": {"rec_s1", "rec_s2", "rank_s1", "rank_s2"},
+    "tsd_str": {"rec_s1", "rec_s2", "rank_s1", "rank_s2", "reg_s1", "reg_s2"},
+    "tsd_str_noq": {"rec_s1", "rec_s2", "rank_s1", "rank_s2", "reg_s1", "reg_s2"},
+    "tsd_vogn_rc": {"rec_s2", "rank_s1", "rank_s2", "rel"},
+    "full": {"rec_s2", "rank_s1", "rank_s2", "reg_s1", "reg_s2", "rel"},
+    "full_uniform": {"rec_s2", "rank_s1", "rank_s2", "reg_s1", "reg_s2", "rel"},
+}
+
+
+def build(cfg: ModelConfig, **kwargs) -> ReIR:
+    torch.manual_seed(0)
+    return ReIR(cfg, CAPTION_VOCAB, PHRASE_VOCAB, RELATION_CLASSES, **kwargs)
+
+
+@pytest.mark.parametrize("preset", sorted(EXPECTED_LOSSES))
+def test_presets_report_their_losses_and_weight_the_total(preset):
+    cfg = tiny_config(preset, box_head="fast" if preset.startswith("tsd") else "faithful")
+    model = build(cfg, relation_class_counts=[10, 200, 3, 0, 50, 7])
+    batch = make_batch()
+    out = model(batch, iteration=100)
+    assert set(out.losses) == EXPECTED_LOSSES[preset]
+    lam = {
+        "rec": cfg.loss.lambda_rec,
+        "reg": cfg.loss.lambda_reg,
+        "rel": cfg.loss.lambda_rel,
+        "rank": cfg.loss.lambda_rank,
+    }
+    expected = sum(lam[k.split("_")[0]] * v.item() for k, v in out.losses.items())
+    assert out.total_loss.item() == pytest.approx(expected, rel=1e-6)
+    assert all(torch.isfinite(v) for v in out.losses.values())
+    B, P = batch.phrase_valid.shape
+    assert out.boxes.shape == out.boxes_stage1.shape == (B, P, 4) and out.scores.shape == (B, P)
+    assert (out.boxes_stage2 is None) == (preset == "baseline")
+
+
+def test_predictions_without_regression_pick_proposals_by_the_fused_score():
+    model = build(tiny_config("tsd_vogn_rc")).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        out = model(batch)
+    assert out.losses == {} and out.total_loss.item() == 0.0
+    att1_k = torch.gather(out.attention_stage1, 2, out.topk_index.clamp(min=0))
+    fused = att1_k * out.attention_stage2
+    for b in range(batch.batch_size):
+        for p in range(int(batch.phrase_valid[b].sum())):
+            best = int(fused[b, p].argmax())
+            proposal = int(out.topk_index[b, p, best])
+            assert torch.equal(out.boxes[b, p], batch.proposals[b, proposal])
+            assert out.scores[b, p].item() == pytest.approx(fused[b, p, best].item())
+            assert torch.equal(out.boxes_stage1[b, p], batch.proposals[b, int(out.attention_stage1[b, p].argmax())])
+            assert torch.equal(
+                out.boxes_stage2[b, p],
+                batch.proposals[b, int(out.topk_index[b, p, out.attention_stage2[b, p].argmax()])],
+            )
+            # top-K follows stage-1 attention
+            kept = out.attention_stage1[b, p, out.topk_index[b, p]]
+            assert kept.min() >= out.attention_stage1[b, p].sort(descending=True).values[kept.numel() - 1]
+
+
+def test_refined_predictions_stay_inside_the_image_and_move_with_the_deltas():
+    model = build(tiny_config("full")).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.matching.reg_out.weight, std=0.5)  # large deltas
+        out = model(batch)
+    h = batch.image_sizes[:, 0].float()[:, None]
+    w = batch.image_sizes[:, 1].float()[:, None]
+    assert (out.boxes[..., 0] >= 0).all() and (out.boxes[..., 2] <= w).all()
+    assert (out.boxes[..., 1] >= 0).all() and (out.boxes[..., 3] <= h).all()
+    # Stage-1 prediction = chosen proposal moved by its decoded stage-1 delta.
+    decoder = BoxDecoder()
+    q, _ = model.phrase_encoder(batch.words, batch.word_lengths, batch.phrase_spans, batch.phrase_valid)
+    maps = model.backbone.image_maps(batch.images, batch.image_sizes, None)
+    x_o = model.box_head(model.backbone, maps, batch.proposals, batch.proposal_valid, batch.image_sizes)
+    with torch.no_grad():
+        deltas = model.matching.deltas(q, x_o)
+    b, p = 0, 1
+    m = int(out.attention_stage1[b, p].argmax())
+    expected = decoder(deltas[b : b + 1, p, m], batch.proposals[b : b + 1, m], batch.image_sizes[b : b + 1])
+    torch.testing.assert_close(out.boxes_stage1[b, p], expected[0])
+    assert not torch.equal(out.boxes_stage1[b, p], batch.proposals[b, m])
+
+
+def test_stage_two_reuses_unrefined_features_before_the_refine_iteration():
+    model = build(tiny_config("full", refine_start_iteration=50))
+    batch = make_batch()
+    before = model(batch, iteration=10).attention_stage2.detach()
+    after = model(batch, iteration=60).attention_stage2.detach()
+    with torch.no_grad():
+        model.matching.reg_out.bias.add_(0.3)  # move every stage-1 refined box
+    assert torch.allclose(model(batch, iteration=10).attention_stage2, before)  # not re-pooled yet
+    assert not torch.allclose(model(batch, iteration=60).attention_stage2, after)
+
+
+def test_regression_loss_starts_at_its_iteration():
+    cfg = tiny_config("full", loss=dict(regression_start_iteration=30))
+    model = build(cfg)
+    assert "reg_s1" not in model(make_batch(), iteration=29).losses
+    assert {"reg_s1", "reg_s2"} <= set(model(make_batch(), iteration=30).losses)
+
+
+@pytest.mark.parametrize("head", ["faithful", "fast"])
+def test_native_and_reference_paths_agree_in_float64(head):
+    batch = make_batch(dtype=torch.float64)
+    results = []
+    for native in (True, False):
+        model = build(tiny_config("full", box_head=head, native_ops=native, loss=dict(score_gap=0.0))).double()
+        out = model(batch, iteration=10)
+        out.total_loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out, grads))
+    (a, grads_a), (b, grads_b) = results
+    torch.testing.assert_close(a.total_loss, b.total_loss)
+    torch.testing.assert_close(a.boxes, b.boxes)
+    torch.testing.assert_close(a.attention_stage2, b.attention_stage2)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
+
+
+@pytest.mark.parametrize("preset,variant", [("full", "authors"), ("full", "paper"), ("full_uniform", "authors")])
+def test_gradients_reach_every_trainable_parameter_and_not_the_backbone(preset, variant):
+    model = build(tiny_config(preset, vogn_variant=variant, loss=dict(score_gap=0.0)))
+    out = model(make_batch(), iteration=10)
+    out.total_loss.backward()
+    trainable = dict((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    assert set(map(id, trainable.values())) == set(map(id, model.trainable_parameters()))
+    silent = [n for n, p in trainable.items() if p.grad is None or p.grad.abs().sum() == 0]
+    assert silent == []
+    assert all(n.startswith("backbone.") for n, p in model.named_parameters() if not p.requires_grad)
+    assert all(p.grad is None for p in model.backbone.parameters())
+
+
+def test_training_smoke_total_loss_falls_over_50_steps():
+    model = build(tiny_config("full", box_head="fast", cache_features=True))
+    batch = make_batch(batch_size=4, num_proposals=10)
+    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.05, momentum=0.9)
+    history = []
+    for step in range(50):
+        out = model(batch, iteration=step)
+        assert all(torch.isfinite(v) for v in out.losses.values()), out.losses
+        optimizer.zero_grad()
+        out.total_loss.backward()
+        optimizer.step()
+        history.append(out.total_loss.item())
+    first, last = sum(history[:5]) / 5, sum(history[-5:]) / 5
+    assert last < 0.7 * first, history
+    assert len(model.backbone.cache) == 4  # the frozen maps were computed once per image
+
+
+def test_bf16_autocast_and_channels_last_run():
+    model = build(tiny_config("full", box_head="fast", channels_last=True, spatial_feature=True))
+    assert model.box_head.fc.in_features == model.backbone.out_channels + 5
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(make_batch(), iteration=10)
+    assert torch.isfinite(out.total_loss) and out.total_loss.dtype == torch.float32
+    out.total_loss.backward()
+    assert torch.isfinite(model.matching.cls_box.weight.grad).all()
+
+
+def test_pretrained_word_vectors_and_constructor_checks():
+    model = build(tiny_config("baseline"))
+    matrix = torch.randn(CAPTION_VOCAB, model.cfg.word_dim)
+    model.load_pretrained_word_vectors(matrix)
+    torch.testing.assert_close(model.phrase_encoder.embedding.weight[1:], matrix[1:])
+    with pytest.raises(ValueError, match="relation_class_counts"):
+        build(tiny_config("full"), relation_class_counts=[1, 2])
+    with pytest.raises(ValueError, match="category_prior"):
+        batch = make_batch()
+        model(dataclasses.replace(batch, category_prior=batch.category_prior[:, :, :2]))
+
+
+def test_config_presets_and_errors():
+    assert ModelConfig.preset("tsd_str_noq").regression_uses_phrase is False
+    assert ModelConfig.preset("full_uniform").vogn_weights == "uniform"
+    assert ModelConfig.preset("full", top_k=3).top_k == 3
+    assert ModelConfig.preset("full", loss=dict(lambda_reg=0.5)).loss.lambda_reg == 0.5
+    assert ModelConfig(loss={"lambda_rel": 2.0}).loss == LossConfig(lambda_rel=2.0)
+    with pytest.raises(ValueError, match="preset name"):
+        ModelConfig.preset("ours")
+    with pytest.raises(ValueError, match="model.box_head"):
+        ModelConfig(box_head="slow")
+    with pytest.raises(ValueError, match="loss.regression needs model.box_regression"):
+        ModelConfig(box_regression=False)
+    with pytest.raises(ValueError, match="iou_threshold"):
+        LossConfig(iou_threshold=1.5)
+    assert ModelConfig().bbox_clip == pytest.approx(math.log(1000 / 16))
+
+
+def test_captions_of_the_same_image_are_not_ranking_negatives():
+    model = build(tiny_config("tsd"))
+    batch = make_batch(batch_size=2)
+    batch.meta = [{"image_id": "same"}, {"image_id": "same"}]
+    out = model(batch, iteration=0)
+    assert out.losses["rank_s1"].item() == 0.0 and out.losses["rank_s2"].item() == 0.0
+    batch.meta = [{"image_id": "a"}, {"image_id": "b"}]
+    assert model(batch, iteration=0).losses["rank_s1"].item() > 0
