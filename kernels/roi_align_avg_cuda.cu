@@ -60,7 +60,7 @@ __global__ void roi_align_avg_weights_kernel(const scalar_t* __restrict__ rois, 
   if (!aligned) size = max(size, acc_t(1));
   const int64_t pooled = along_y ? pooled_height : pooled_width;
   const int64_t limit = along_y ? height : width;
-  const int64_t grid = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(ceil(size / static_cast<acc_t>(pooled)));
+  const int64_t grid = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(ceil(size / acc_t(pooled)));
   acc_t* weights = (along_y ? weights_y + k * height : weights_x + k * width);
   int64_t lo = limit, hi = -1;
   if (grid > 0) {
@@ -243,15 +243,16 @@ at::Tensor roi_align_avg_forward_cuda(const at::Tensor& input, const at::Tensor&
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_avg_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto [weights_y, weights_x, support] =
-        launch_weights<scalar_t>(boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned, height, width);
+        launch_weights<scalar_t>(boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned, height,
+                                 width);
     const dim3 grid = roi_channel_grid(num_rois, channels, channels_last);
     auto stream = at::cuda::getCurrentCUDAStream();
     auto kernel = channels_last ? roi_align_avg_forward_nhwc_kernel<scalar_t, acc_t>
                                 : roi_align_avg_forward_kernel<scalar_t, acc_t>;
-    kernel<<<grid, kThreadsPerBlock, 0, stream>>>(in.const_data_ptr<scalar_t>(), boxes.const_data_ptr<scalar_t>(),
-                                                  weights_y.const_data_ptr<acc_t>(), weights_x.const_data_ptr<acc_t>(),
-                                                  support.const_data_ptr<int64_t>(), channels, height, width,
-                                                  output.mutable_data_ptr<scalar_t>());
+    kernel<<<grid, kThreadsPerBlock, 0, stream>>>(
+        in.const_data_ptr<scalar_t>(), boxes.const_data_ptr<scalar_t>(), weights_y.const_data_ptr<acc_t>(),
+        weights_x.const_data_ptr<acc_t>(), support.const_data_ptr<int64_t>(), channels, height, width,
+        output.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return output;
@@ -287,21 +288,21 @@ at::Tensor roi_align_avg_backward_cuda(const at::Tensor& grad, const at::Tensor&
     const at::Tensor boxes = rois.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_avg_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      auto [weights_y, weights_x, support] = launch_weights<scalar_t>(boxes, pooled_height, pooled_width,
-                                                                      spatial_scale, sampling_ratio, aligned, height, width);
+      auto [weights_y, weights_x, support] = launch_weights<scalar_t>(
+          boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned, height, width);
       const dim3 grid = roi_channel_grid(num_rois, channels, channels_last);
       auto stream = at::cuda::getCurrentCUDAStream();
       auto kernel = channels_last ? roi_align_avg_backward_nhwc_kernel<scalar_t, acc_t>
                                   : roi_align_avg_backward_kernel<scalar_t, acc_t>;
-      kernel<<<grid, kThreadsPerBlock, 0, stream>>>(g.const_data_ptr<scalar_t>(), boxes.const_data_ptr<scalar_t>(),
-                                                    weights_y.const_data_ptr<acc_t>(), weights_x.const_data_ptr<acc_t>(),
-                                                    support.const_data_ptr<int64_t>(), channels, height, width,
-                                                    grad_input.mutable_data_ptr<acc_t>());
+      kernel<<<grid, kThreadsPerBlock, 0, stream>>>(
+          g.const_data_ptr<scalar_t>(), boxes.const_data_ptr<scalar_t>(), weights_y.const_data_ptr<acc_t>(),
+          weights_x.const_data_ptr<acc_t>(), support.const_data_ptr<int64_t>(), channels, height, width,
+          grad_input.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  return grad_input.scalar_type() == grad.scalar_type() ? grad_input
-                                                         : grad_input.to(grad.scalar_type(), false, false, memory_format);
+  if (grad_input.scalar_type() == grad.scalar_type()) return grad_input;
+  return grad_input.to(grad.scalar_type(), /*non_blocking=*/false, /*copy=*/false, memory_format);
 }
 
 }  // namespace

@@ -47,4 +47,15 @@ def build_info() -> dict:
 
 from relground import ops  # noqa: E402,F401
 
-__all__ = ["HAS_OPS", "build_info", "ops", "__version__"]
+
+
+def __getattr__(name: str):
+    # Grounder pulls in the model, data and language layers: import it only when asked for.
+    if name == "Grounder":
+        from relground.api import Grounder
+
+        return Grounder
+    raise AttributeError(f"module 'relground' has no attribute {name!r}")
+
+
+__all__ = ["HAS_OPS", "Grounder", "build_info", "ops", "__version__"]

@@ -2,7 +2,7 @@
 
 Example::
 
-    from relground import Grounder
+    from relground.api import Grounder
     grounder = Grounder.from_checkpoint("outputs/demo/full/checkpoints/model_final.pth")
     for phrase in grounder.ground("dog.jpg", "A dog catches a red ball ."):
         print(phrase.text, phrase.box, phrase.score)   # box: x1, y1, x2, y2 in the image's pixels

@@ -5,6 +5,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <vector>
+
 namespace relground::ops {
 
 void check_pairwise_iou_inputs(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::DeviceType device);
@@ -30,23 +33,32 @@ void pairwise_iou_forward_kernel(const scalar_t* boxes1, const scalar_t* boxes2,
   // stay on one thread, where a fork/join would cost more than the work.
   const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(M, 1));
   at::parallel_for(0, B * N, grain, [&](int64_t begin, int64_t end) {
+    // The image's boxes2 as planar arrays (struct of arrays) with their areas, so the inner loop over m
+    // has unit-stride loads and vectorises; refilled when the task crosses into another image.
+    std::vector<acc_t> bx1(M), by1(M), bx2(M), by2(M), area_b(M);
+    int64_t cached_image = -1;
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / N;
+      if (b != cached_image) {
+        const scalar_t* others = boxes2 + b * M * 4;
+        for (int64_t m = 0; m < M; ++m) {
+          bx1[m] = others[m * 4 + 0], by1[m] = others[m * 4 + 1];
+          bx2[m] = others[m * 4 + 2], by2[m] = others[m * 4 + 3];
+          area_b[m] = clamped_area(bx1[m], by1[m], bx2[m], by2[m]);
+        }
+        cached_image = b;
+      }
       const scalar_t* a = boxes1 + row * 4;
       const acc_t ax1 = a[0], ay1 = a[1], ax2 = a[2], ay2 = a[3];
       const acc_t area_a = clamped_area(ax1, ay1, ax2, ay2);
-      const scalar_t* others = boxes2 + b * M * 4;
       scalar_t* out_row = out + row * M;
       for (int64_t m = 0; m < M; ++m) {
-        const scalar_t* o = others + m * 4;
-        const acc_t bx1 = o[0], by1 = o[1], bx2 = o[2], by2 = o[3];
-        const acc_t area_b = clamped_area(bx1, by1, bx2, by2);
-        acc_t iw = std::min(ax2, bx2) - std::max(ax1, bx1);
-        acc_t ih = std::min(ay2, by2) - std::max(ay1, by1);
+        acc_t iw = std::min(ax2, bx2[m]) - std::max(ax1, bx1[m]);
+        acc_t ih = std::min(ay2, by2[m]) - std::max(ay1, by1[m]);
         iw = iw < acc_t(0) ? acc_t(0) : iw;
         ih = ih < acc_t(0) ? acc_t(0) : ih;
         const acc_t inter = iw * ih;
-        const acc_t uni = area_a + area_b - inter;
+        const acc_t uni = area_a + area_b[m] - inter;
         // Empty (or NaN) union -> 0, never NaN: two zero-area boxes do not overlap.
         out_row[m] = static_cast<scalar_t>(uni > acc_t(0) ? inter / uni : acc_t(0));
       }

@@ -101,11 +101,11 @@ void roi_weights(const scalar_t* roi, int64_t pooled_height, int64_t pooled_widt
     roi_width = std::max(roi_width, acc_t(1));
     roi_height = std::max(roi_height, acc_t(1));
   }
-  const int64_t grid_h = sampling_ratio > 0
-                             ? sampling_ratio
-                             : static_cast<int64_t>(std::ceil(roi_height / static_cast<acc_t>(pooled_height)));
-  const int64_t grid_w =
-      sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(std::ceil(roi_width / static_cast<acc_t>(pooled_width)));
+  // Adaptive sampling: ceil(roi_size / P) samples per bin and axis.
+  const int64_t grid_h = sampling_ratio > 0 ? sampling_ratio
+                                            : static_cast<int64_t>(std::ceil(roi_height / acc_t(pooled_height)));
+  const int64_t grid_w = sampling_ratio > 0 ? sampling_ratio
+                                            : static_cast<int64_t>(std::ceil(roi_width / acc_t(pooled_width)));
   build_axis_weights(start_h, roi_height, pooled_height, grid_h, height, scratch_y, wy);
   build_axis_weights(start_w, roi_width, pooled_width, grid_w, width, scratch_x, wx);
 }
@@ -158,7 +158,8 @@ inline int64_t channel_block(int64_t channels, bool channels_last) {
 
 template <typename scalar_t>
 void forward_kernel(const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height, int64_t pooled_width,
-                    double spatial_scale, int64_t sampling_ratio, bool aligned, bool channels_last, at::Tensor& output) {
+                    double spatial_scale, int64_t sampling_ratio, bool aligned, bool channels_last,
+                    at::Tensor& output /* [K, C] */) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t batch_size = input.size(0), channels = input.size(1), height = input.size(2), width = input.size(3);
   const scalar_t* in = input.const_data_ptr<scalar_t>();  // NCHW or NHWC storage, contiguous
@@ -314,8 +315,8 @@ at::Tensor roi_align_avg_backward_cpu(const at::Tensor& grad, const at::Tensor& 
                                 channels_last, grad_input);
     });
   }
-  return grad_input.scalar_type() == grad.scalar_type() ? grad_input
-                                                         : grad_input.to(grad.scalar_type(), false, false, memory_format);
+  if (grad_input.scalar_type() == grad.scalar_type()) return grad_input;
+  return grad_input.to(grad.scalar_type(), /*non_blocking=*/false, /*copy=*/false, memory_format);
 }
 
 }  // namespace

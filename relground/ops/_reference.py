@@ -45,9 +45,14 @@ def _topk_select_reference(scores: Tensor, k: int, valid: Tensor | None = None) 
 
     Slots beyond a row's number of valid entries get index -1 and value -inf.
     """
-    masked = scores if valid is None else scores.masked_fill(~valid, float("-inf"))
-    values, indices = torch.sort(masked, dim=1, descending=True, stable=True)
-    values, indices = values[:, :k].contiguous(), indices[:, :k].contiguous()
+    # Two stable sorts: by score (NaN first, as torch.topk), then valid before padding, so a valid entry
+    # scoring -inf still ranks above the padding and equal scores keep index order.
+    _, order = torch.sort(scores, dim=1, descending=True, stable=True)
+    if valid is not None:
+        _, by_valid = torch.sort(torch.gather(valid, 1, order).to(torch.uint8), dim=1, descending=True, stable=True)
+        order = torch.gather(order, 1, by_valid)
+    indices = order[:, :k].contiguous()
+    values = torch.gather(scores, 1, indices)
     if valid is not None:
         slot_valid = torch.gather(valid, 1, indices)
         indices = indices.masked_fill(~slot_valid, -1)
@@ -87,12 +92,17 @@ def _self_taught_targets_reference(
     weight [B, P, M] (scores dtype), anchor [B, P] int64 (-1 when an image has no valid box).
     """
     B, P, M = scores.shape
+    out_dtype = scores.dtype
+    if boxes.dtype in (torch.float16, torch.bfloat16):  # compute reduced precision in float, as the kernels do
+        boxes, scores = boxes.float(), scores.float()
     if valid is None:
         valid = torch.ones(B, M, dtype=torch.bool, device=boxes.device)
-    masked = scores.masked_fill(~valid[:, None, :], float("-inf"))
-    anchor = masked.argmax(dim=2) if M > 0 else torch.zeros(B, P, dtype=torch.long, device=boxes.device)  # first max
-    has_valid = valid.any(dim=1)[:, None].expand(B, P)
-    anchor = torch.where(has_valid, anchor, torch.full_like(anchor, -1))
+    if M > 0:  # anchor = first valid argmax (-1 without a valid box): top-1 of topk_select
+        flat_valid = valid[:, None, :].expand(B, P, M).reshape(B * P, M)
+        anchor = _topk_select_reference(scores.reshape(B * P, M), 1, flat_valid)[1].reshape(B, P)
+    else:
+        anchor = torch.full((B, P), -1, dtype=torch.long, device=boxes.device)
+    has_valid = anchor >= 0
     safe_anchor = anchor.clamp(min=0)
     anchor_boxes = torch.gather(boxes, 1, safe_anchor[..., None].expand(B, P, 4)) if M > 0 else boxes.new_zeros(B, P, 4)
     iou = _pairwise_iou_reference(anchor_boxes, boxes)  # [B, P, M]
@@ -108,5 +118,5 @@ def _self_taught_targets_reference(
     deltas = _encode_boxes(anchor_boxes[:, :, None, :].expand(B, P, M, 4), boxes[:, None].expand(B, P, M, 4), weights)
     deltas = torch.where(selected[..., None], deltas, torch.zeros_like(deltas))
     anchor_score = torch.gather(scores, 2, safe_anchor[..., None])  # [B, P, 1]
-    weight = (selected & (anchor_score - scores >= score_gap)).to(scores.dtype)
-    return deltas, selected, weight, anchor
+    weight = (selected & (anchor_score - scores >= score_gap)).to(out_dtype)
+    return deltas.to(out_dtype), selected, weight, anchor

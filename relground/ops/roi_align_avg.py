@@ -71,7 +71,8 @@ def roi_align_avg(
         rois = convert_boxes_to_roi_format(rois)
     pooled_height, pooled_width = (output_size, output_size) if isinstance(output_size, int) else output_size
     if not relground.HAS_OPS or (input.is_cuda and torch.are_deterministic_algorithms_enabled()):
-        return _roi_align_avg_reference(input, rois, (pooled_height, pooled_width), spatial_scale, sampling_ratio, aligned)
+        output_hw = (pooled_height, pooled_width)
+        return _roi_align_avg_reference(input, rois, output_hw, spatial_scale, sampling_ratio, aligned)
     return torch.ops.relground.roi_align_avg(
         input, rois, pooled_height, pooled_width, float(spatial_scale), int(sampling_ratio), bool(aligned)
     )
@@ -87,7 +88,7 @@ if relground.HAS_OPS:
     @torch.library.register_fake("relground::roi_align_avg")
     def _roi_align_avg_fake(input, rois, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned):
         torch._check(input.dim() == 4, lambda: f"roi_align_avg: `input` must be 4-D, got {tuple(input.shape)}")
-        torch._check(rois.dim() == 2 and rois.shape[1] == 5, lambda: f"roi_align_avg: `rois` must be [K, 5]")
+        torch._check(rois.dim() == 2 and rois.shape[1] == 5, lambda: "roi_align_avg: `rois` must be [K, 5]")
         torch._check(input.dtype == rois.dtype, lambda: "roi_align_avg: `input` and `rois` dtypes differ")
         return input.new_empty((rois.shape[0], input.shape[1]))  # [K, C]
 

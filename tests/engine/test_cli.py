@@ -191,6 +191,13 @@ def test_demo_trains_both_models_and_reports():
     assert saved["full"]["accuracy"] == summary["accuracy"] and saved["baseline"]["accuracy"] == summary["baseline_accuracy"]
     assert "stage2" in saved["full"] and "stage2" not in saved["baseline"]  # the baseline is single-stage
     assert saved["full"]["count"] == summary["test_phrases"] > 0
+    twins = json.loads((out / "data" / "twins.json").read_text())  # written by the generator
+    twin_phrases = sum(
+        p.phrase_id in twins.get(im.image_id, [])
+        for im in load_flickr30k(out / "data", "test") for s in im.sentences for p in s.phrases if p.grounded
+    )
+    assert saved["full"]["twin"]["count"] == twin_phrases
+    assert saved["full"]["twin"]["count"] + saved["full"]["no_twin"]["count"] == summary["test_phrases"]
     assert (out / "full" / "checkpoints" / "model_final.pth").is_file()
     assert (out / "baseline" / "checkpoints" / "model_final.pth").is_file()
     assert all(Path(f).is_file() for f in summary["figures"]) and len(summary["figures"]) == 2

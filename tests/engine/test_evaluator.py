@@ -267,7 +267,9 @@ def test_evaluate_model_maps_back_to_original_pixels_and_reports_stages():
         SentenceAnnotation(1, "a dog", ["a", "dog"], [PhraseAnnotation(0, "a dog", "1", ("animals",), (10, 10, 50, 60))]),
     ])
     loader = [_tiny_batch([image], scale=1.6)]
-    metrics = evaluate_model(_OracleModel(), loader, annotations=[image])
+    model = _OracleModel().train()
+    metrics = evaluate_model(model, loader, annotations=[image])
+    assert model.training  # the mode is restored for a caller in the middle of training
     assert metrics["count"] == 3 and metrics["missing"] == 0
     assert metrics["accuracy"] == 1.0 and metrics["mean_iou"] == pytest.approx(1.0)
     assert metrics["stage1"]["accuracy"] == 0.0 and metrics["stage1"]["mean_iou"] == pytest.approx(0.0, abs=1e-6)
