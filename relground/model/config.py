@@ -115,6 +115,10 @@ class ModelConfig:
         ranking_dim: width of the image/caption ranking embeddings. Authors: 512.
         relation_hidden: hidden width of F_rel. Authors: 1024.
         regression_hidden: hidden width of F_reg. Authors: 256.
+        cls_hidden: hidden width of F_cls; 0 = one Linear(2d -> 1) on concat(x_q, x_o) (authors). The paper calls
+            F_cls a fully-connected network; a hidden layer lets the phrase rank boxes of the same label.
+        cls_bias: initial bias of F_cls's output. Authors: 0 (PyTorch default init). A positive start makes the
+            untrained s_hat * s_a follow the category prior rather than flip it where s_hat < 0.
         box_coder_weights: R-CNN delta weights (wx, wy, ww, wh). Default (10, 10, 5, 5).
         native_ops: use relground.ops (native kernels when built); False = the pure-PyTorch references.
         loss: the :class:`LossConfig`.
@@ -149,6 +153,8 @@ class ModelConfig:
     ranking_dim: int = 512
     relation_hidden: int = 1024
     regression_hidden: int = 256
+    cls_hidden: int = 0
+    cls_bias: float = 0.0
     box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     native_ops: bool = True
     loss: LossConfig = field(default_factory=LossConfig)
@@ -171,6 +177,8 @@ class ModelConfig:
         for name in ("hidden_dim", "word_dim", "top_k", "roi_output_size", "vogn_dim", "ranking_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.cls_hidden < 0:
+            raise ValueError(f"model.cls_hidden must be >= 0, got {self.cls_hidden}")
         if self.bidirectional and self.hidden_dim % 2:
             raise ValueError(f"model.hidden_dim must be even with model.bidirectional, got {self.hidden_dim}")
         if self.cache_features and not self.freeze_backbone:

@@ -18,13 +18,22 @@ from relground.model.layers import masked_softmax
 
 
 class MatchingHeads(nn.Module):
-    """F_cls (Linear(2d -> 1), as the authors) and F_reg (Linear(2d -> 256) + ReLU + Linear(256 -> 4)).
+    """F_cls and F_reg (Linear(2d -> 256) + ReLU + Linear(256 -> 4)) on concat(x_q, x_o).
+
+    F_cls is Linear(2d -> 1) as the authors (``cls_hidden=0``), or the paper's "fully-connected network"
+    Linear(2d -> h) + ReLU + Linear(h -> 1) (``cls_hidden=h``). The single Linear ranks a phrase's boxes by a
+    phrase-independent term (the phrase only enters through s_a); the hidden layer lets the phrase's words
+    (e.g. a colour) pick among boxes with the same detector label.
 
     Args:
         hidden_dim: d.
         regression: build F_reg (STR).
         regression_uses_phrase: F_reg sees x_q (False = the "STR w/o x_q" ablation: F_reg on x_o only).
         regression_hidden: hidden width of F_reg. Default 256.
+        cls_hidden: hidden width of F_cls; 0 = a single Linear layer (authors). Default 0.
+        cls_bias: initial bias of F_cls's output layer. Default 0. With ``s = s_hat * s_a`` a positive start
+            makes every s_hat > 0 at first, so the untrained model follows the category prior instead of
+            inverting it wherever s_hat happens to be negative (see docs/model.md "Sign handling").
     """
 
     def __init__(
@@ -33,10 +42,18 @@ class MatchingHeads(nn.Module):
         regression: bool = True,
         regression_uses_phrase: bool = True,
         regression_hidden: int = 256,
+        cls_hidden: int = 0,
+        cls_bias: float = 0.0,
     ):
         super().__init__()
-        self.cls_phrase = nn.Linear(hidden_dim, 1, bias=False)
-        self.cls_box = nn.Linear(hidden_dim, 1)
+        if cls_hidden < 0:
+            raise ValueError(f"model.cls_hidden must be >= 0, got {cls_hidden}")
+        width = cls_hidden or 1
+        self.cls_phrase = nn.Linear(hidden_dim, width, bias=False)
+        self.cls_box = nn.Linear(hidden_dim, width)
+        self.cls_out = nn.Linear(cls_hidden, 1) if cls_hidden else None
+        output_bias = self.cls_out.bias if self.cls_out is not None else self.cls_box.bias
+        nn.init.constant_(output_bias, cls_bias)
         self.regression = regression
         self.regression_uses_phrase = regression_uses_phrase
         if regression:
@@ -57,10 +74,13 @@ class MatchingHeads(nn.Module):
         Returns:
             Tensor[B, P, M] (or [B, P, K]): s_hat.
         """
-        box_term = self.cls_box(boxes).squeeze(-1)  # [B, M] or [B, P, K]
-        if box_term.dim() == 2:
-            box_term = box_term[:, None, :]
-        return self.cls_phrase(phrases) + box_term  # [B, P, 1] + [B, P|1, M]
+        box_term = self.cls_box(boxes)  # [B, M, h] or [B, P, K, h]
+        if box_term.dim() == 3:
+            box_term = box_term[:, None]  # [B, 1, M, h]
+        hidden = self.cls_phrase(phrases)[:, :, None, :] + box_term  # [B, P, M|K, h]
+        if self.cls_out is None:
+            return hidden.squeeze(-1)
+        return self.cls_out(torch.relu(hidden)).squeeze(-1)
 
     def deltas(self, phrases: Tensor, boxes: Tensor) -> Tensor:
         """F_reg.

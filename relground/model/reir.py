@@ -151,7 +151,9 @@ class ReIR(nn.Module):
             caption_vocab_size, cfg.word_dim, d, cfg.rnn_type, cfg.bidirectional, cfg.phrase_batchnorm
         )
         # Both stages share F_cls and F_reg, as the authors.
-        self.matching = MatchingHeads(d, cfg.box_regression, cfg.regression_uses_phrase, cfg.regression_hidden)
+        self.matching = MatchingHeads(
+            d, cfg.box_regression, cfg.regression_uses_phrase, cfg.regression_hidden, cfg.cls_hidden, cfg.cls_bias
+        )
         self.box_decoder = BoxDecoder(cfg.box_coder_weights, cfg.bbox_clip)
         self.graph = VisualObjectGraph(d, cfg.vogn_dim, cfg.vogn_variant, cfg.vogn_weights) if cfg.vogn else None
 

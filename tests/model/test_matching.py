@@ -134,3 +134,38 @@ def test_regression_without_phrase_ignores_the_phrase():
     assert a.shape == (1, 2, 4, 4)
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(a[0, 0], a[0, 1])
+
+
+def test_hidden_layer_f_cls_equals_an_mlp_on_the_concat_and_ranks_boxes_per_phrase():
+    torch.manual_seed(0)
+    d, h = 6, 5
+    heads = MatchingHeads(d, regression=False, cls_hidden=h).double()
+    q = torch.randn(2, 3, d, dtype=torch.float64)
+    v = torch.randn(2, 4, d, dtype=torch.float64)
+    first = torch.cat((heads.cls_phrase.weight, heads.cls_box.weight), 1)  # Linear(2d -> h) on the concat
+    logits = heads.logits(q, v)
+    for b in range(2):
+        for p in range(3):
+            for m in range(4):
+                hidden = torch.relu(first @ torch.cat((q[b, p], v[b, m])) + heads.cls_box.bias)
+                torch.testing.assert_close(logits[b, p, m], (heads.cls_out.weight @ hidden + heads.cls_out.bias)[0])
+    # Unlike the single Linear layer, the box order can differ between phrases of one image.
+    order = logits.argsort(-1)
+    assert any(not torch.equal(order[b, 0], order[b, p]) for b in range(2) for p in range(1, 3))
+
+
+@pytest.mark.parametrize("cls_hidden", [0, 4])
+def test_positive_cls_bias_makes_the_untrained_product_follow_the_prior(cls_hidden):
+    torch.manual_seed(0)
+    heads = MatchingHeads(8, regression=False, cls_hidden=cls_hidden, cls_bias=5.0)
+    with torch.no_grad():  # only the bias speaks: an untrained net whose other weights are small
+        for layer in (heads.cls_phrase, heads.cls_box, heads.cls_out):
+            if layer is not None:
+                layer.weight.mul_(1e-3)
+    logits = heads.logits(torch.randn(1, 2, 8), torch.randn(1, 5, 8))
+    assert (logits > 0).all()
+    prior = torch.tensor([[[0.2, 0.9, 0.5, 0.1, 0.4], [0.7, 0.1, 0.3, 0.6, 0.2]]])
+    _, attention, _ = prior_attention(logits, prior, torch.ones(1, 1, 5, dtype=torch.bool))
+    assert attention.argmax(-1).tolist() == prior.argmax(-1).tolist()
+    with pytest.raises(ValueError, match="cls_hidden"):
+        MatchingHeads(8, cls_hidden=-1)
