@@ -9,22 +9,14 @@
 
 #include <algorithm>
 
-namespace relground::ops {
+#include "relground/box_math.h"
+#include "relground/op_host.h"
 
-void check_pairwise_iou_inputs(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::DeviceType device);
+namespace relground::ops {
 
 namespace {
 
 constexpr int kThreads = 256;
-
-// Same arithmetic as csrc/cpu/pairwise_iou_cpu.cpp: negative extents clamp to 0 (NaN kept), empty union -> 0.
-template <typename T>
-__device__ __forceinline__ T clamped_area(const T x1, const T y1, const T x2, const T y2) {
-  T w = x2 - x1, h = y2 - y1;
-  w = w < T(0) ? T(0) : w;
-  h = h < T(0) ? T(0) : h;
-  return w * h;
-}
 
 template <typename scalar_t>
 __global__ void pairwise_iou_forward_kernel(const scalar_t* __restrict__ boxes1, const scalar_t* __restrict__ boxes2,
@@ -38,15 +30,9 @@ __global__ void pairwise_iou_forward_kernel(const scalar_t* __restrict__ boxes1,
     const int64_t b = row / N;
     const scalar_t* a = boxes1 + row * 4;
     const scalar_t* o = boxes2 + (b * M + m) * 4;
-    const acc_t ax1 = a[0], ay1 = a[1], ax2 = a[2], ay2 = a[3];
-    const acc_t bx1 = o[0], by1 = o[1], bx2 = o[2], by2 = o[3];
-    acc_t iw = (ax2 < bx2 ? ax2 : bx2) - (ax1 > bx1 ? ax1 : bx1);
-    acc_t ih = (ay2 < by2 ? ay2 : by2) - (ay1 > by1 ? ay1 : by1);
-    iw = iw < acc_t(0) ? acc_t(0) : iw;
-    ih = ih < acc_t(0) ? acc_t(0) : ih;
-    const acc_t inter = iw * ih;
-    const acc_t uni = clamped_area(ax1, ay1, ax2, ay2) + clamped_area(bx1, by1, bx2, by2) - inter;
-    out[i] = static_cast<scalar_t>(uni > acc_t(0) ? inter / uni : acc_t(0));
+    const acc_t box_a[4] = {a[0], a[1], a[2], a[3]};
+    const acc_t box_b[4] = {o[0], o[1], o[2], o[3]};
+    out[i] = static_cast<scalar_t>(box_iou(box_a, box_b));
   }
 }
 

@@ -24,12 +24,10 @@
 
 #include "cuda_helpers.cuh"
 #include "relground/checks.h"
+#include "relground/op_host.h"
+#include "relground/roi_align_weights.h"
 
 namespace relground {
-
-// Defined in csrc/ops/roi_align_avg.cpp.
-void check_roi_align_avg_args(const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height,
-                              int64_t pooled_width, double spatial_scale, c10::DeviceType device_type);
 
 namespace {
 
@@ -52,41 +50,14 @@ __global__ void roi_align_avg_weights_kernel(const scalar_t* __restrict__ rois, 
   if (t >= 2 * num_rois) return;
   const int64_t k = t / 2;
   const bool along_y = (t % 2) == 0;
-  const scalar_t* roi = rois + k * 5;
-  const acc_t offset = aligned ? acc_t(0.5) : acc_t(0);
-  // torchvision's geometry, for the chosen axis only.
-  const acc_t start = static_cast<acc_t>(roi[along_y ? 2 : 1]) * spatial_scale - offset;
-  acc_t size = static_cast<acc_t>(roi[along_y ? 4 : 3]) * spatial_scale - offset - start;
-  if (!aligned) size = max(size, acc_t(1));
+  const scalar_t* roi = rois + k * 5;  // batch index, x1, y1, x2, y2
   const int64_t pooled = along_y ? pooled_height : pooled_width;
   const int64_t limit = along_y ? height : width;
-  const int64_t grid = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(ceil(size / acc_t(pooled)));
+  const auto axis =
+      roi_axis(roi[along_y ? 2 : 1], roi[along_y ? 4 : 3], spatial_scale, aligned, pooled, sampling_ratio);
   acc_t* weights = (along_y ? weights_y + k * height : weights_x + k * width);
   int64_t lo = limit, hi = -1;
-  if (grid > 0) {
-    const acc_t bin_size = size / static_cast<acc_t>(pooled);
-    const acc_t norm = acc_t(1) / static_cast<acc_t>(pooled * grid);
-    for (int64_t p = 0; p < pooled; ++p) {
-      for (int64_t i = 0; i < grid; ++i) {
-        acc_t v = start + p * bin_size + static_cast<acc_t>(i + .5f) * bin_size / static_cast<acc_t>(grid);
-        if (v < acc_t(-1) || v > static_cast<acc_t>(limit)) continue;  // outside the map: weight 0
-        if (v <= 0) v = 0;
-        int64_t low = static_cast<int64_t>(v);
-        int64_t high;
-        if (low >= limit - 1) {
-          high = low = limit - 1;
-          v = static_cast<acc_t>(low);
-        } else {
-          high = low + 1;
-        }
-        const acc_t frac = v - static_cast<acc_t>(low);
-        weights[low] += (acc_t(1) - frac) * norm;
-        weights[high] += frac * norm;
-        lo = min(lo, low);
-        hi = max(hi, high);
-      }
-    }
-  }
+  accumulate_axis_weights(axis, pooled, limit, weights, lo, hi);
   support[k * 4 + (along_y ? 0 : 2)] = lo;
   support[k * 4 + (along_y ? 1 : 3)] = hi;
 }
@@ -234,7 +205,7 @@ at::Tensor roi_align_avg_forward_cuda(const at::Tensor& input, const at::Tensor&
                                       bool aligned) {
   check_roi_align_avg_args(input, rois, pooled_height, pooled_width, spatial_scale, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard device_guard(input.device());
-  const bool channels_last = input.is_contiguous(at::MemoryFormat::ChannelsLast) && !input.is_contiguous();
+  const bool channels_last = roi_align_avg_reads_channels_last(input);
   const at::Tensor in = channels_last ? input : input.contiguous();
   const at::Tensor boxes = rois.contiguous();
   const int64_t num_rois = rois.size(0), channels = input.size(1), height = input.size(2), width = input.size(3);
@@ -262,26 +233,15 @@ at::Tensor roi_align_avg_backward_cuda(const at::Tensor& grad, const at::Tensor&
                                        int64_t pooled_width, double spatial_scale, int64_t sampling_ratio,
                                        bool aligned, int64_t batch_size, int64_t channels, int64_t height,
                                        int64_t width, bool channels_last) {
-  constexpr const char* op = "_roi_align_avg_backward";
-  check_device(grad, op, "grad", c10::DeviceType::CUDA);
-  check_same_device(grad, rois, op, "grad", "rois");
-  check_rank(grad, op, "grad", 2);
-  check_rank(rois, op, "rois", 2);
-  check_last_dim(rois, op, "rois", 5);
-  check_same_dtype(grad, rois, op, "grad", "rois");
-  RELGROUND_CHECK_ARG(grad.size(0) == rois.size(0) && grad.size(1) == channels, op, "`grad` must have shape [",
-                      rois.size(0), ", ", channels, "], got ", grad.sizes());
+  check_roi_align_avg_backward_args(grad, rois, channels, c10::DeviceType::CUDA);
   if (rois.numel() > 0) {  // the kernels index grad_input by rois[:, 0]: refuse values that would write out of bounds
     const at::Tensor batch_index = rois.select(1, 0);
     RELGROUND_CHECK_ARG(
-        (batch_index >= 0).logical_and_(batch_index < batch_size).all().item<bool>(), op,
+        (batch_index >= 0).logical_and_(batch_index < batch_size).all().item<bool>(), "_roi_align_avg_backward",
         "`rois[:, 0]` (batch index) must be in [0, ", batch_size, ")");
   }
   const c10::cuda::CUDAGuard device_guard(grad.device());
-  const auto memory_format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const auto acc_dtype = at::toOpMathType(grad.scalar_type());
-  at::Tensor grad_input =
-      at::empty({batch_size, channels, height, width}, grad.options().dtype(acc_dtype), memory_format).zero_();
+  at::Tensor grad_input = zeros_roi_align_avg_grad_input(grad, batch_size, channels, height, width, channels_last);
   const int64_t num_rois = rois.size(0);
   if (grad.numel() > 0 && grad_input.numel() > 0) {
     const at::Tensor g = grad.contiguous();
@@ -301,8 +261,7 @@ at::Tensor roi_align_avg_backward_cuda(const at::Tensor& grad, const at::Tensor&
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  if (grad_input.scalar_type() == grad.scalar_type()) return grad_input;
-  return grad_input.to(grad.scalar_type(), /*non_blocking=*/false, /*copy=*/false, memory_format);
+  return roi_align_avg_grad_input_as_grad_dtype(grad_input, grad, channels_last);
 }
 
 }  // namespace

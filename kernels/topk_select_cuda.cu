@@ -13,23 +13,14 @@
 #include <limits>
 #include <optional>
 
-namespace relground::ops {
+#include "relground/op_host.h"
+#include "relground/score_order.h"
 
-void check_topk_select_inputs(const at::Tensor& scores, int64_t k, const std::optional<at::Tensor>& valid,
-                              c10::DeviceType device);
+namespace relground::ops {
 
 namespace {
 
 constexpr int kMaxThreads = 256;
-
-// Strict total order of the CPU kernel: NaN first (as torch.topk), then larger value, then lower index.
-template <typename T>
-__device__ __forceinline__ bool ranks_before(T va, int64_t a, T vb, int64_t b) {
-  const bool na = va != va, nb = vb != vb;
-  if (na != nb) return na;
-  if (!na && va != vb) return va > vb;
-  return a < b;
-}
 
 template <typename scalar_t>
 __global__ void topk_select_forward_kernel(const scalar_t* __restrict__ scores, const bool* __restrict__ valid,
@@ -65,14 +56,12 @@ std::tuple<at::Tensor, at::Tensor> topk_select_forward_cuda(const at::Tensor& sc
                                                             const std::optional<at::Tensor>& valid) {
   check_topk_select_inputs(scores, k, valid, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard device_guard(scores.device());
-  const int64_t R = scores.size(0), M = scores.size(1);
-  at::Tensor values = at::empty({R, k}, scores.options());
-  at::Tensor indices = at::empty({R, k}, scores.options().dtype(at::kLong));
+  auto [values, indices] = empty_topk_select_outputs(scores, k);  // [R, k] each
   if (values.numel() == 0) {
     return {values, indices};
   }
-  const at::Tensor s = scores.contiguous();
-  const at::Tensor v = valid.has_value() ? valid->contiguous() : at::Tensor();
+  const at::Tensor s = scores.contiguous(), v = contiguous_or_undefined(valid);
+  const int64_t R = s.size(0), M = s.size(1);
   // One warp-multiple block per row, no larger than the row needs.
   const int threads = static_cast<int>(std::min<int64_t>(kMaxThreads, (M + 31) / 32 * 32));
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();

@@ -8,22 +8,12 @@
 #include <algorithm>
 #include <vector>
 
+#include "relground/box_math.h"
+#include "relground/op_host.h"
+
 namespace relground::ops {
 
-void check_pairwise_iou_inputs(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::DeviceType device);
-
 namespace {
-
-// Area with negative extents clamped to 0; written as `w < 0 ? 0 : w` so a NaN stays NaN (and the
-// pair then gets IoU 0 below) instead of silently becoming an empty box.
-template <typename T>
-inline T clamped_area(const T x1, const T y1, const T x2, const T y2) {
-  T w = x2 - x1;
-  T h = y2 - y1;
-  w = w < T(0) ? T(0) : w;
-  h = h < T(0) ? T(0) : h;
-  return w * h;
-}
 
 template <typename scalar_t>
 void pairwise_iou_forward_kernel(const scalar_t* boxes1, const scalar_t* boxes2, scalar_t* out, int64_t B, int64_t N,
@@ -53,14 +43,8 @@ void pairwise_iou_forward_kernel(const scalar_t* boxes1, const scalar_t* boxes2,
       const acc_t area_a = clamped_area(ax1, ay1, ax2, ay2);
       scalar_t* out_row = out + row * M;
       for (int64_t m = 0; m < M; ++m) {
-        acc_t iw = std::min(ax2, bx2[m]) - std::max(ax1, bx1[m]);
-        acc_t ih = std::min(ay2, by2[m]) - std::max(ay1, by1[m]);
-        iw = iw < acc_t(0) ? acc_t(0) : iw;
-        ih = ih < acc_t(0) ? acc_t(0) : ih;
-        const acc_t inter = iw * ih;
-        const acc_t uni = area_a + area_b[m] - inter;
-        // Empty (or NaN) union -> 0, never NaN: two zero-area boxes do not overlap.
-        out_row[m] = static_cast<scalar_t>(uni > acc_t(0) ? inter / uni : acc_t(0));
+        out_row[m] = static_cast<scalar_t>(
+            iou_from_areas(ax1, ay1, ax2, ay2, area_a, bx1[m], by1[m], bx2[m], by2[m], area_b[m]));
       }
     }
   });

@@ -17,12 +17,10 @@
 #include <vector>
 
 #include "relground/checks.h"
+#include "relground/op_host.h"
+#include "relground/roi_align_weights.h"
 
 namespace relground {
-
-// Defined in csrc/ops/roi_align_avg.cpp.
-void check_roi_align_avg_args(const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height,
-                              int64_t pooled_width, double spatial_scale, c10::DeviceType device_type);
 
 namespace {
 
@@ -36,41 +34,16 @@ struct AxisWeights {
   bool use_dense = false;
 };
 
-// Accumulates torchvision's bilinear weights of the samples of one axis into `scratch` (size `limit`,
-// zero on entry and on exit) and compacts them into `out`. `start` and `size` are the RoI's start and
-// extent in feature-map pixels on this axis; the sample coordinate formula is torchvision's verbatim
-// so that float32 results agree to rounding.
+// Compacts the weights of one RoI axis accumulated in `scratch` (size `limit`, zero on entry and on exit) over the
+// support [lo, hi] into `out`.
 template <typename acc_t>
-void build_axis_weights(acc_t start, acc_t size, int64_t pooled, int64_t grid, int64_t limit,
-                        std::vector<acc_t>& scratch, AxisWeights<acc_t>& out) {
+void build_axis_weights(const RoiAxis<acc_t>& axis, int64_t pooled, int64_t limit, std::vector<acc_t>& scratch,
+                        AxisWeights<acc_t>& out) {
   out.index.clear();
   out.weight.clear();
   out.dense.clear();
-  out.use_dense = false;
-  if (grid <= 0) return;  // degenerate adaptive RoI: no samples, torchvision outputs 0
-  const acc_t bin_size = size / static_cast<acc_t>(pooled);
-  const acc_t norm = acc_t(1) / static_cast<acc_t>(pooled * grid);
   int64_t lo = limit, hi = -1;
-  for (int64_t p = 0; p < pooled; ++p) {
-    for (int64_t i = 0; i < grid; ++i) {
-      acc_t v = start + p * bin_size + static_cast<acc_t>(i + .5f) * bin_size / static_cast<acc_t>(grid);
-      if (v < acc_t(-1) || v > static_cast<acc_t>(limit)) continue;  // outside the map: weight 0
-      if (v <= 0) v = 0;
-      int64_t low = static_cast<int64_t>(v);
-      int64_t high;
-      if (low >= limit - 1) {
-        high = low = limit - 1;
-        v = static_cast<acc_t>(low);
-      } else {
-        high = low + 1;
-      }
-      const acc_t frac = v - static_cast<acc_t>(low);
-      scratch[low] += (acc_t(1) - frac) * norm;
-      scratch[high] += frac * norm;
-      lo = std::min(lo, low);
-      hi = std::max(hi, high);
-    }
-  }
+  accumulate_axis_weights(axis, pooled, limit, scratch.data(), lo, hi);
   int64_t nonzero = 0;
   for (int64_t j = lo; j <= hi; ++j) nonzero += scratch[j] != acc_t(0);
   out.index.reserve(nonzero);
@@ -87,46 +60,44 @@ void build_axis_weights(acc_t start, acc_t size, int64_t pooled, int64_t grid, i
   }
 }
 
-// The per-RoI geometry of torchvision's roi_align (box -> start, extent and sampling grid per axis).
+// The weights of one RoI (`roi`: scalar_t[5], batch index then x1, y1, x2, y2) along y and x.
 template <typename acc_t, typename scalar_t>
 void roi_weights(const scalar_t* roi, int64_t pooled_height, int64_t pooled_width, acc_t spatial_scale,
                  int64_t sampling_ratio, bool aligned, int64_t height, int64_t width, std::vector<acc_t>& scratch_y,
                  std::vector<acc_t>& scratch_x, AxisWeights<acc_t>& wy, AxisWeights<acc_t>& wx) {
-  const acc_t offset = aligned ? acc_t(0.5) : acc_t(0);
-  const acc_t start_w = static_cast<acc_t>(roi[1]) * spatial_scale - offset;
-  const acc_t start_h = static_cast<acc_t>(roi[2]) * spatial_scale - offset;
-  acc_t roi_width = static_cast<acc_t>(roi[3]) * spatial_scale - offset - start_w;
-  acc_t roi_height = static_cast<acc_t>(roi[4]) * spatial_scale - offset - start_h;
-  if (!aligned) {  // legacy behaviour: force malformed RoIs to be 1x1
-    roi_width = std::max(roi_width, acc_t(1));
-    roi_height = std::max(roi_height, acc_t(1));
-  }
-  // Adaptive sampling: ceil(roi_size / P) samples per bin and axis.
-  const int64_t grid_h = sampling_ratio > 0 ? sampling_ratio
-                                            : static_cast<int64_t>(std::ceil(roi_height / acc_t(pooled_height)));
-  const int64_t grid_w = sampling_ratio > 0 ? sampling_ratio
-                                            : static_cast<int64_t>(std::ceil(roi_width / acc_t(pooled_width)));
-  build_axis_weights(start_h, roi_height, pooled_height, grid_h, height, scratch_y, wy);
-  build_axis_weights(start_w, roi_width, pooled_width, grid_w, width, scratch_x, wx);
+  const auto axis_y = roi_axis(roi[2], roi[4], spatial_scale, aligned, pooled_height, sampling_ratio);
+  const auto axis_x = roi_axis(roi[1], roi[3], spatial_scale, aligned, pooled_width, sampling_ratio);
+  build_axis_weights(axis_y, pooled_height, height, scratch_y, wy);
+  build_axis_weights(axis_x, pooled_width, width, scratch_x, wx);
 }
 
-// The weights of every RoI and the RoIs grouped by image (stable counting sort), shared by the
-// forward and backward passes. Grouping lets each (image, channel-block) task own a disjoint slice of
-// the feature map: its plane stays in cache across the RoIs, and the backward needs no atomics and
-// sums in a fixed order.
+// The weights of every RoI, the RoIs grouped by image (stable counting sort) and the split into tasks, shared by
+// the forward and backward passes. Tasks run over (image, channel block): one channel plane for NCHW; up to 64
+// contiguous channels for NHWC, so that the innermost loops run along channels. Each task owns a disjoint slice
+// of the feature map: its plane stays in cache across the RoIs, and the backward needs no atomics and sums in a
+// fixed order.
 template <typename acc_t>
 struct RoiWeightTable {
   std::vector<AxisWeights<acc_t>> y, x;  // per RoI
   std::vector<int64_t> image_start;      // [N + 1]: RoIs of image n are order[image_start[n] : image_start[n + 1]]
   std::vector<int64_t> order;            // [K]
+  int64_t channel_block = 1;             // channels per task
+  int64_t num_channel_blocks = 0;        // tasks per image: task t is image t / num_channel_blocks
 };
 
+// `feature_sizes` = (N, C, H, W) of the feature map (the input, or grad_input for the backward).
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-RoiWeightTable<acc_t> build_weight_table(const scalar_t* roi_data, int64_t num_rois, int64_t pooled_height,
+RoiWeightTable<acc_t> build_weight_table(const at::Tensor& rois /* [K, 5], contiguous */, int64_t pooled_height,
                                          int64_t pooled_width, double spatial_scale, int64_t sampling_ratio,
-                                         bool aligned, int64_t batch_size, int64_t height, int64_t width,
+                                         bool aligned, at::IntArrayRef feature_sizes, bool channels_last,
                                          const char* op) {
+  const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
+  const int64_t num_rois = rois.size(0);
+  const int64_t batch_size = feature_sizes[0], channels = feature_sizes[1];
+  const int64_t height = feature_sizes[2], width = feature_sizes[3];
   RoiWeightTable<acc_t> table;
+  table.channel_block = channels_last ? std::min<int64_t>(channels, 64) : 1;
+  table.num_channel_blocks = (channels + table.channel_block - 1) / table.channel_block;
   table.y.resize(num_rois);
   table.x.resize(num_rois);
   at::parallel_for(0, num_rois, 1, [&](int64_t begin, int64_t end) {
@@ -150,12 +121,6 @@ RoiWeightTable<acc_t> build_weight_table(const scalar_t* roi_data, int64_t num_r
   return table;
 }
 
-// Tasks over (image, channel block): one channel plane for NCHW; up to 64 contiguous channels for
-// NHWC, so that the innermost loops run along channels.
-inline int64_t channel_block(int64_t channels, bool channels_last) {
-  return channels_last ? std::min<int64_t>(channels, 64) : 1;
-}
-
 template <typename scalar_t>
 void forward_kernel(const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height, int64_t pooled_width,
                     double spatial_scale, int64_t sampling_ratio, bool aligned, bool channels_last,
@@ -164,11 +129,9 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& rois, int64_t poo
   const int64_t batch_size = input.size(0), channels = input.size(1), height = input.size(2), width = input.size(3);
   const scalar_t* in = input.const_data_ptr<scalar_t>();  // NCHW or NHWC storage, contiguous
   scalar_t* out = output.mutable_data_ptr<scalar_t>();    // [K, C]
-  const auto table = build_weight_table<scalar_t>(rois.const_data_ptr<scalar_t>(), rois.size(0), pooled_height,
-                                                  pooled_width, spatial_scale, sampling_ratio, aligned, batch_size,
-                                                  height, width, "roi_align_avg");
-  const int64_t block = channel_block(channels, channels_last);
-  const int64_t num_blocks = (channels + block - 1) / block;
+  const auto table = build_weight_table<scalar_t>(rois, pooled_height, pooled_width, spatial_scale, sampling_ratio,
+                                                  aligned, input.sizes(), channels_last, "roi_align_avg");
+  const int64_t block = table.channel_block, num_blocks = table.num_channel_blocks;
   at::parallel_for(0, batch_size * num_blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(block), column_sum(width);
     for (int64_t task = begin; task < end; ++task) {
@@ -230,12 +193,11 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& rois, int64_t poo
   const int64_t height = grad_input.size(2), width = grad_input.size(3);
   const scalar_t* g = grad.const_data_ptr<scalar_t>();  // [K, C]
   acc_t* gin = grad_input.mutable_data_ptr<acc_t>();
-  const auto table = build_weight_table<scalar_t>(rois.const_data_ptr<scalar_t>(), rois.size(0), pooled_height,
-                                                  pooled_width, spatial_scale, sampling_ratio, aligned, batch_size,
-                                                  height, width, "_roi_align_avg_backward");
+  const auto table = build_weight_table<scalar_t>(rois, pooled_height, pooled_width, spatial_scale, sampling_ratio,
+                                                  aligned, grad_input.sizes(), channels_last,
+                                                  "_roi_align_avg_backward");
+  const int64_t block = table.channel_block, num_blocks = table.num_channel_blocks;
   // Scatter g[k, c] * Wy x Wx, the transpose of the forward walk.
-  const int64_t block = channel_block(channels, channels_last);
-  const int64_t num_blocks = (channels + block - 1) / block;
   at::parallel_for(0, batch_size * num_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / num_blocks;
@@ -277,7 +239,7 @@ at::Tensor roi_align_avg_forward_cpu(const at::Tensor& input, const at::Tensor& 
                                      bool aligned) {
   check_roi_align_avg_args(input, rois, pooled_height, pooled_width, spatial_scale, c10::DeviceType::CPU);
   // A channels_last input is read in place (no NCHW copy); anything else is made NCHW-contiguous.
-  const bool channels_last = input.is_contiguous(at::MemoryFormat::ChannelsLast) && !input.is_contiguous();
+  const bool channels_last = roi_align_avg_reads_channels_last(input);
   const at::Tensor in = channels_last ? input : input.contiguous();
   const at::Tensor boxes = rois.contiguous();
   at::Tensor output = at::zeros({rois.size(0), input.size(1)}, input.options());  // [K, C]
@@ -293,20 +255,8 @@ at::Tensor roi_align_avg_backward_cpu(const at::Tensor& grad, const at::Tensor& 
                                       int64_t pooled_width, double spatial_scale, int64_t sampling_ratio, bool aligned,
                                       int64_t batch_size, int64_t channels, int64_t height, int64_t width,
                                       bool channels_last) {
-  constexpr const char* op = "_roi_align_avg_backward";
-  check_device(grad, op, "grad", c10::DeviceType::CPU);
-  check_same_device(grad, rois, op, "grad", "rois");
-  check_rank(grad, op, "grad", 2);
-  check_rank(rois, op, "rois", 2);
-  check_last_dim(rois, op, "rois", 5);
-  check_same_dtype(grad, rois, op, "grad", "rois");
-  RELGROUND_CHECK_ARG(grad.size(0) == rois.size(0) && grad.size(1) == channels, op, "`grad` must have shape [",
-                      rois.size(0), ", ", channels, "], got ", grad.sizes());
-  const auto memory_format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const auto acc_dtype = at::toOpMathType(grad.scalar_type());
-  // Accumulate in the opmath dtype (float for half/bfloat16): many RoIs add into the same pixel.
-  at::Tensor grad_input =
-      at::empty({batch_size, channels, height, width}, grad.options().dtype(acc_dtype), memory_format).zero_();
+  check_roi_align_avg_backward_args(grad, rois, channels, c10::DeviceType::CPU);
+  at::Tensor grad_input = zeros_roi_align_avg_grad_input(grad, batch_size, channels, height, width, channels_last);
   if (grad.numel() > 0 && grad_input.numel() > 0) {
     const at::Tensor g = grad.contiguous();
     const at::Tensor boxes = rois.contiguous();
@@ -315,8 +265,7 @@ at::Tensor roi_align_avg_backward_cpu(const at::Tensor& grad, const at::Tensor& 
                                 channels_last, grad_input);
     });
   }
-  if (grad_input.scalar_type() == grad.scalar_type()) return grad_input;
-  return grad_input.to(grad.scalar_type(), /*non_blocking=*/false, /*copy=*/false, memory_format);
+  return roi_align_avg_grad_input_as_grad_dtype(grad_input, grad, channels_last);
 }
 
 }  // namespace

@@ -6,15 +6,14 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <limits>
 #include <optional>
 #include <vector>
 
-namespace relground::ops {
+#include "relground/op_host.h"
+#include "relground/score_order.h"
 
-void check_topk_select_inputs(const at::Tensor& scores, int64_t k, const std::optional<at::Tensor>& valid,
-                              c10::DeviceType device);
+namespace relground::ops {
 
 namespace {
 
@@ -36,17 +35,12 @@ void topk_select_forward_kernel(const scalar_t* scores, const bool* valid, scala
           order.push_back(j);
         }
       }
-      // A strict total order: NaN above every number (as torch.topk / torch.sort), then by value,
-      // then the lower index first, so the result does not depend on the sort algorithm.
-      auto ranks_before = [row](int64_t a, int64_t b) {
-        const acc_t va = row[a], vb = row[b];
-        const bool na = std::isnan(va), nb = std::isnan(vb);
-        if (na != nb) return na;
-        if (!na && va != vb) return va > vb;
-        return a < b;
+      // A strict total order, so the result does not depend on the sort algorithm.
+      auto entry_before = [row](int64_t a, int64_t b) {
+        return ranks_before(static_cast<acc_t>(row[a]), a, static_cast<acc_t>(row[b]), b);
       };
       const int64_t found = std::min<int64_t>(k, static_cast<int64_t>(order.size()));
-      std::partial_sort(order.begin(), order.begin() + found, order.end(), ranks_before);
+      std::partial_sort(order.begin(), order.begin() + found, order.end(), entry_before);
       scalar_t* values_row = values + r * k;
       int64_t* indices_row = indices + r * k;
       for (int64_t s = 0; s < found; ++s) {
@@ -64,14 +58,12 @@ void topk_select_forward_kernel(const scalar_t* scores, const bool* valid, scala
 std::tuple<at::Tensor, at::Tensor> topk_select_forward_cpu(const at::Tensor& scores, int64_t k,
                                                            const std::optional<at::Tensor>& valid) {
   check_topk_select_inputs(scores, k, valid, c10::DeviceType::CPU);
-  const int64_t R = scores.size(0), M = scores.size(1);
-  at::Tensor values = at::empty({R, k}, scores.options());
-  at::Tensor indices = at::empty({R, k}, scores.options().dtype(at::kLong));
+  auto [values, indices] = empty_topk_select_outputs(scores, k);  // [R, k] each
   if (values.numel() == 0) {
     return {values, indices};
   }
-  const at::Tensor s = scores.contiguous();
-  const at::Tensor v = valid.has_value() ? valid->contiguous() : at::Tensor();
+  const at::Tensor s = scores.contiguous(), v = contiguous_or_undefined(valid);
+  const int64_t R = s.size(0), M = s.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "topk_select_forward_cpu", [&] {
     topk_select_forward_kernel<scalar_t>(s.const_data_ptr<scalar_t>(), v.defined() ? v.const_data_ptr<bool>() : nullptr,
                                          values.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(), R, M,

@@ -2,9 +2,11 @@
 // backward, plus the argument checks shared by the CPU and CUDA host functions. The kernels
 // register themselves in csrc/cpu/roi_align_avg_cpu.cpp and kernels/roi_align_avg_cuda.cu.
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include "relground/checks.h"
+#include "relground/op_host.h"
 
 namespace relground {
 
@@ -26,13 +28,16 @@ void check_roi_align_avg_args(const at::Tensor& input, const at::Tensor& rois, i
   RELGROUND_CHECK_ARG(std::isfinite(spatial_scale) && spatial_scale > 0, op,
                       "`spatial_scale` must be a positive finite number, got ", spatial_scale);
   if (rois.numel() == 0) return;
-  const at::Tensor finite = at::isfinite(rois).all();
+  // Coordinates are scaled in the kernels' accumulation type: a finite box that overflows there would
+  // become a NaN sample position and an out-of-range index.
+  const at::Tensor scaled = rois.narrow(1, 1, 4).to(at::toOpMathType(rois.scalar_type())) * spatial_scale;
+  const at::Tensor finite = at::isfinite(rois).all().logical_and_(at::isfinite(scaled).all());
   const at::Tensor batch_index = rois.select(1, 0);
   const at::Tensor index_ok =
       (batch_index >= 0).logical_and_(batch_index < input.size(0)).logical_and_(batch_index == batch_index.floor());
   const at::Tensor all_ok = finite.logical_and(index_ok.all());
   if (all_ok.item<bool>()) return;  // the only sync of the fast path
-  RELGROUND_CHECK_ARG(finite.item<bool>(), op, "`rois` contains NaN or infinite values");
+  RELGROUND_CHECK_ARG(finite.item<bool>(), op, "`rois` contains NaN or infinite values, or coordinates that overflow once multiplied by `spatial_scale`");
   RELGROUND_CHECK_ARG(false, op, "`rois[:, 0]` (batch index) must be integers in [0, ", input.size(0),
                       ") for `input` of shape ", input.sizes(), ", got values in [", batch_index.min().item<double>(),
                       ", ", batch_index.max().item<double>(), "]");

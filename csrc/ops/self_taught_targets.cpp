@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "relground/checks.h"
+#include "relground/op_host.h"
 
 namespace relground::ops {
 

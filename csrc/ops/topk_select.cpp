@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "relground/checks.h"
+#include "relground/op_host.h"
 
 namespace relground::ops {
 

@@ -11,10 +11,16 @@ import json
 import time
 from pathlib import Path
 
-# Sized for < 10 minutes on 2 CPU cores (generation + 2 trainings + 2 evaluations): 200 / 100 took 460 s on
-# the shared 2-core development machine at load ~6 (4 min 46 s of CPU time).
-DEFAULT_IMAGES = 200
-DEFAULT_ITERATIONS = 100
+import torch
+
+# Sized for < 10 minutes on 2 CPU cores (generation + 2 trainings + 2 evaluations); docs/results.md has the
+# measured times. 1000 images: the decoder memorises 160 training images' phrases instead of learning to look.
+DEFAULT_IMAGES = 1000
+DEFAULT_ITERATIONS = 400
+# One intra-op thread: the per-item image transforms and the small matrices of this model gain nothing from a
+# second thread, and on a busy machine OpenMP threads spinning against other processes made the data loading
+# ~10x slower (measured 1.4-1.9 s vs 0.16 s per 16-32 pairs).
+DEFAULT_THREADS = 1
 DEFAULT_EXAMPLES = 4
 MODELS = (("full", "full"), ("baseline", "baseline"))  # (run name, ModelConfig preset)
 
@@ -31,6 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--config", default=None, help="base config (default: configs/synthetic.yaml of the checkout)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for both models, repeatable")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help=f"torch intra-op threads (default {DEFAULT_THREADS}; see the module docstring)")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
     p.set_defaults(func=run)
 
@@ -39,9 +47,10 @@ def run(args) -> int:
     from relground.api import prepare_synthetic, synthetic_config, train_and_evaluate
     from relground.engine.visualize import plot_accuracy_vs_iou
 
-    for flag, value in (("--images", args.images), ("--iterations", args.iterations)):
+    for flag, value in (("--images", args.images), ("--iterations", args.iterations), ("--threads", args.threads)):
         if value <= 0:
             raise ValueError(f"{flag}: must be positive, got {value}")
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     out = Path(args.out)
     data = out / "data"

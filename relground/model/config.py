@@ -22,6 +22,7 @@ RNN_TYPES = ("gru", "lstm")
 SCORE_FUSIONS = ("product", "sigmoid_product")
 VOGN_VARIANTS = ("authors", "paper")
 VOGN_WEIGHTS = ("attention", "uniform")
+STAGE2_POOLINGS = ("fused", "fine")
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,8 @@ class ModelConfig:
         regression_hidden: hidden width of F_reg. Authors: 256.
         cls_hidden: hidden width of F_cls; 0 = one Linear(2d -> 1) on concat(x_q, x_o) (authors). The paper calls
             F_cls a fully-connected network; a hidden layer lets the phrase rank boxes of the same label.
+        stage2_pooling: the attention that pools the stage-2 vector z^f for the losses: ``fused`` (alpha^c_k *
+            alpha^f_k, not renormalised, authors) or ``fine`` (alpha^f alone, the paper's z^f = sum_k alpha^f x'_k).
         cls_bias: initial bias of F_cls's output. Authors: 0 (PyTorch default init). A positive start makes the
             untrained s_hat * s_a follow the category prior rather than flip it where s_hat < 0.
         box_coder_weights: R-CNN delta weights (wx, wy, ww, wh). Default (10, 10, 5, 5).
@@ -155,6 +158,7 @@ class ModelConfig:
     regression_hidden: int = 256
     cls_hidden: int = 0
     cls_bias: float = 0.0
+    stage2_pooling: str = "fused"
     box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     native_ops: bool = True
     loss: LossConfig = field(default_factory=LossConfig)
@@ -170,6 +174,7 @@ class ModelConfig:
             "score_fusion": SCORE_FUSIONS,
             "vogn_variant": VOGN_VARIANTS,
             "vogn_weights": VOGN_WEIGHTS,
+            "stage2_pooling": STAGE2_POOLINGS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -261,7 +261,8 @@ class ReIR(nn.Module):
             prior_k = gather_topk(prior, index, per_phrase=True) * slot_valid
             _, att2, _ = prior_attention(logits2, prior_k, slot_valid, cfg.score_fusion)  # alpha^f [B, P, K]
             fused = att1_k * att2  # s = s^c * s^f as probabilities (never sign-flipped), not renormalised
-            z2 = torch.einsum("bpk,bpkd->bpd", fused, x_k)  # z^f [B, P, d]
+            # z^f [B, P, d]: the authors pool with the fused attention; the paper (Sec. 3.3) with alpha^f alone.
+            z2 = torch.einsum("bpk,bpkd->bpd", fused if cfg.stage2_pooling == "fused" else att2, x_k)
             deltas2 = self.matching.deltas(x_q, x_k) if cfg.box_regression else None  # [B, P, K, 4]
 
             def predict(choice: Tensor) -> Tensor:  # [B, P] slot -> box with both stages' deltas

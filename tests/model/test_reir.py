@@ -207,3 +207,34 @@ def test_captions_of_the_same_image_are_not_ranking_negatives():
     assert out.losses["rank_s1"].item() == 0.0 and out.losses["rank_s2"].item() == 0.0
     batch.meta = [{"image_id": "a"}, {"image_id": "b"}]
     assert model(batch, iteration=0).losses["rank_s1"].item() > 0
+
+
+@pytest.mark.parametrize("pooling", ["fused", "fine"])
+def test_stage_two_vector_is_pooled_with_the_chosen_attention(pooling, monkeypatch):
+    import relground.model.reir as reir
+
+    cfg = tiny_config("tsd", box_head="fast").replace(stage2_pooling=pooling)
+    model = build(cfg).eval()
+    batch = make_batch()
+    seen = {}
+
+    def capture(decoder, visual, targets, valid):  # the pooled vectors the reconstruction loss receives
+        seen.setdefault("z", []).append(visual)
+        return visual.sum() * 0.0
+
+    monkeypatch.setattr(reir, "reconstruction_loss", capture)
+    with torch.no_grad():
+        out = model(batch, compute_losses=True)
+        x_o = model.box_head(
+            model.backbone, model.backbone.image_maps(batch.images, batch.image_sizes, None), batch.proposals,
+            batch.proposal_valid, batch.image_sizes,
+        )
+    z2 = seen["z"][1]  # rec_s1 first, then rec_s2
+    att1_k = torch.gather(out.attention_stage1, 2, out.topk_index.clamp(min=0))
+    weights = att1_k * out.attention_stage2 if pooling == "fused" else out.attention_stage2
+    for b in range(batch.batch_size):
+        for p in range(int(batch.phrase_valid[b].sum())):
+            expected = sum(weights[b, p, k] * x_o[b, out.topk_index[b, p, k]] for k in range(weights.shape[-1]))
+            torch.testing.assert_close(z2[b, p], expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="stage2_pooling"):
+        tiny_config("tsd").replace(stage2_pooling="mean")

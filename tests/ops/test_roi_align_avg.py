@@ -310,6 +310,13 @@ class TestRoIAlignAvg(OpTester):
             roi_align_avg(torch.randn(1, 2, 4, 4), rois, output_size, spatial_scale)
 
     @needs_ops
+    def test_coordinates_overflowing_after_scaling_raise(self):
+        # 3e38 is a finite float32, but 3e38 * 16 is not: the kernel would turn it into an index.
+        rois = torch.tensor([[0, 0.0, 0.0, 3.0e38, 3.0]])
+        with pytest.raises(RuntimeError, match="overflow once multiplied by `spatial_scale`"):
+            roi_align_avg(torch.randn(1, 2, 4, 4), rois, 2, 16.0)
+
+    @needs_ops
     @pytest.mark.needs_cuda
     def test_device_mismatch_raises(self):
         rois = torch.tensor([[0, 0.0, 0.0, 3.0, 3.0]])

@@ -1,0 +1,80 @@
+// Box arithmetic shared by the CPU and CUDA kernels (pairwise_iou, self_taught_targets): written once so that
+// both devices compute the same IoU and the same R-CNN deltas, operation for operation.
+//
+// Boxes are xyxy (x1, y1, x2, y2) in pixels with width = x2 - x1 (no "+1"), as in torchvision.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+
+namespace relground {
+
+// std::min / std::max spelled out, usable on both devices. They keep std's rule (the first argument on ties,
+// and when the second is NaN), which the CUDA builtins min / max (fminf / fmaxf: the non-NaN argument) do not.
+template <typename T>
+C10_HOST_DEVICE inline T std_min(T a, T b) {
+  return b < a ? b : a;
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T std_max(T a, T b) {
+  return a < b ? b : a;
+}
+
+// Area of a box with negative extents clamped to 0. Written as `w < 0 ? 0 : w` so that a NaN stays NaN (and the
+// pair then gets IoU 0 below) instead of silently becoming an empty box.
+template <typename T>
+C10_HOST_DEVICE inline T clamped_area(T x1, T y1, T x2, T y2) {
+  T w = x2 - x1, h = y2 - y1;
+  w = w < T(0) ? T(0) : w;
+  h = h < T(0) ? T(0) : h;
+  return w * h;
+}
+
+// IoU of boxes a and b given their clamped areas (so a caller pairing one box with many computes its area once).
+// An empty or NaN union gives 0, never NaN: two zero-area boxes do not overlap.
+template <typename T>
+C10_HOST_DEVICE inline T iou_from_areas(T ax1, T ay1, T ax2, T ay2, T area_a, T bx1, T by1, T bx2, T by2, T area_b) {
+  T iw = std_min(ax2, bx2) - std_max(ax1, bx1);
+  T ih = std_min(ay2, by2) - std_max(ay1, by1);
+  iw = iw < T(0) ? T(0) : iw;
+  ih = ih < T(0) ? T(0) : ih;
+  const T inter = iw * ih;
+  const T uni = area_a + area_b - inter;
+  return uni > T(0) ? inter / uni : T(0);
+}
+
+// IoU of two boxes `a`, `b` (T[4] each, xyxy).
+template <typename T>
+C10_HOST_DEVICE inline T box_iou(const T* a, const T* b) {
+  return iou_from_areas(a[0], a[1], a[2], a[3], clamped_area(a[0], a[1], a[2], a[3]), b[0], b[1], b[2], b[3],
+                        clamped_area(b[0], b[1], b[2], b[3]));
+}
+
+// A box as center and size, the form the R-CNN encoding works in.
+template <typename T>
+struct CenterSize {
+  T x, y;  // center, pixels
+  T w, h;  // size, pixels
+};
+
+// Center and size of an xyxy box `box` (T[4]), computed as torchvision's encode_boxes does.
+template <typename T>
+C10_HOST_DEVICE inline CenterSize<T> center_size(const T* box) {
+  const T w = box[2] - box[0], h = box[3] - box[1];
+  return {box[0] + T(0.5) * w, box[1] + T(0.5) * h, w, h};
+}
+
+// R-CNN regression target (dx, dy, dw, dh) that moves `box` onto `reference`: torchvision's encode_boxes with
+// reference = ground truth and box = proposal, scaled by the weights (wx, wy, ww, wh). Writes delta[0:4].
+template <typename T, typename out_t>
+C10_HOST_DEVICE inline void encode_box_delta(const CenterSize<T>& reference, const CenterSize<T>& box, T wx, T wy,
+                                             T ww, T wh, out_t* delta) {
+  delta[0] = static_cast<out_t>(wx * (reference.x - box.x) / box.w);
+  delta[1] = static_cast<out_t>(wy * (reference.y - box.y) / box.h);
+  delta[2] = static_cast<out_t>(ww * std::log(reference.w / box.w));
+  delta[3] = static_cast<out_t>(wh * std::log(reference.h / box.h));
+}
+
+}  // namespace relground
