@@ -9,6 +9,7 @@ Switches (environment variables):
   TORCH_CUDA_ARCH_LIST  CUDA targets, default "9.0" (H100/H200) plus PTX for newer cards.
   DEBUG=1             -O0 -g.
   MAX_JOBS            ninja parallelism (torch's cpp_extension reads it).
+  RELGROUND_SKIP_EXT=1  declare no extension (used by scripts/setup.sh after an in-place build).
 """
 import glob
 import os
@@ -81,6 +82,8 @@ def make_extension():
 
 
 setup(
-    ext_modules=[make_extension()],
+    # scripts/setup.sh builds the extension in place first (incremental, ./build) and then registers the
+    # editable package with RELGROUND_SKIP_EXT=1, so that a re-run does not recompile everything.
+    ext_modules=[] if _flag("RELGROUND_SKIP_EXT") else [make_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -21,6 +21,8 @@ if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda-13.0/bin/nvcc ]; then
   export CUDA_HOME=/usr/local/cuda-13.0
 fi
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
-# --no-build-isolation: build against the pinned torch installed above (the extension's ABI must match it).
-python -m pip install -q --no-build-isolation --no-deps -e .
+# Build against the pinned torch installed above (the extension's ABI must match it), in place and
+# incrementally (ninja keeps ./build), then register the editable package and the `relground` command.
+python setup.py -q build_ext --inplace
+RELGROUND_SKIP_EXT=1 python -m pip install -q --no-build-isolation --no-deps -e .
 python -c "import relground, json; print('relground built:', json.dumps(relground.build_info()))"

@@ -14,12 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
-
-from relground.cli.demo import DEFAULT_IMAGES, DEFAULT_THREADS  # one benchmark size for demo and ablation
+from relground.cli.demo import DEFAULT_IMAGES, DEFAULT_THREADS, intra_op_threads  # same benchmark size as the demo
 
 # 27 trainings (9 rows x 3 seeds) in <= 25 minutes on 2 cores: ~50 s each, so fewer iterations than the demo.
-DEFAULT_ITERATIONS = 150
+DEFAULT_ITERATIONS = 300
 
 
 @dataclass(frozen=True)
@@ -67,23 +65,28 @@ def register(subparsers) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every run, repeatable")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                   help=f"torch intra-op threads (default {DEFAULT_THREADS}; see the module docstring)")
+                   help=f"torch intra-op threads during the run (default {DEFAULT_THREADS}, restored afterwards)")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object with every row")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.threads <= 0:
+        raise ValueError(f"--threads: must be positive, got {args.threads}")
+    with intra_op_threads(args.threads):
+        return _run(args)
+
+
+def _run(args) -> int:
     from relground.api import prepare_synthetic, synthetic_config, train_and_evaluate
 
     names = [n.strip() for n in args.rows.split(",") if n.strip()]
     unknown = [n for n in names if n not in ROWS]
     if unknown or not names:
         raise ValueError(f"--rows: unknown row(s) {unknown or names}; choose from {','.join(ROWS)}")
-    for flag, value in (("--seeds", args.seeds), ("--images", args.images), ("--iterations", args.iterations),
-                        ("--threads", args.threads)):
+    for flag, value in (("--seeds", args.seeds), ("--images", args.images), ("--iterations", args.iterations)):
         if value <= 0:
             raise ValueError(f"{flag}: must be positive, got {value}")
-    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     out = Path(args.out)
     data = out / "data"

@@ -44,7 +44,13 @@ class BoxHead(nn.Module):
         self.norm = nn.BatchNorm1d(hidden_dim)
 
     def forward(
-        self, backbone: ResNetBackbone, maps: Tensor, boxes: Tensor, valid: Tensor, image_sizes: Tensor
+        self,
+        backbone: ResNetBackbone,
+        maps: Tensor,
+        boxes: Tensor,
+        valid: Tensor,
+        image_sizes: Tensor,
+        running_stats: bool = False,
     ) -> Tensor:
         """
         Args:
@@ -53,6 +59,9 @@ class BoxHead(nn.Module):
             boxes (Tensor[B, X, 4]): xyxy resized-image pixels (proposals, or refined boxes flattened to X = P*K).
             valid (Tensor[B, X]): bool; invalid boxes are not pooled, get zero features and stay out of BatchNorm.
             image_sizes (Tensor[B, 2]): (height, width).
+            running_stats: BatchNorm with the running statistics, which stay unchanged (the refined top-K boxes
+                of stage 2: all object-like, so their batch statistics differ from the proposals' and would
+                normalise the two stages' inputs of the shared F_cls differently).
 
         Returns:
             Tensor[B, X, d]
@@ -67,4 +76,4 @@ class BoxHead(nn.Module):
         hidden = torch.relu(self.fc(pooled))  # [N, d]
         full = hidden.new_zeros((B, X, hidden.shape[1]))
         full[batch_index, box_index] = hidden
-        return masked_batch_norm(self.norm, full, valid)  # BatchNorm over the real boxes only
+        return masked_batch_norm(self.norm, full, valid, running_stats)  # BatchNorm over the real boxes only

@@ -33,19 +33,21 @@ def masked_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
     return probs.masked_fill(~mask, 0.0)
 
 
-def masked_batch_norm(norm: nn.BatchNorm1d, x: Tensor, valid: Tensor) -> Tensor:
+def masked_batch_norm(norm: nn.BatchNorm1d, x: Tensor, valid: Tensor, running_stats: bool = False) -> Tensor:
     """Apply ``norm`` to the valid rows of ``x`` only, so padding never enters the batch statistics.
 
     Args:
         norm: a BatchNorm1d over the last dimension of ``x``.
         x (Tensor[..., D]): features.
         valid (Tensor[...]): bool, True for real rows.
+        running_stats: normalise with the running statistics even in training mode and leave them unchanged
+            (rows from another distribution than the one the statistics describe).
 
     Returns:
         Tensor[..., D]: normalised valid rows, zeros elsewhere.
     """
     rows = x[valid]  # [N, D]
-    if norm.training and rows.shape[0] < 2:
+    if norm.training and (running_stats or rows.shape[0] < 2):
         # Batch statistics of one row are undefined (BatchNorm raises): use the running estimates.
         normed = F.batch_norm(rows, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
     else:

@@ -247,8 +247,9 @@ class ReIR(nn.Module):
                 refined_k = self.box_decoder(gather_topk(deltas1, index, per_phrase=True), boxes_k, sizes).detach()
             repool = cfg.box_regression and (iteration is None or iteration >= cfg.refine_start_iteration)
             if repool:
-                x_k = self.box_head(
-                    self.backbone, maps, refined_k.reshape(B, P * K, 4), slot_valid.reshape(B, P * K), sizes
+                x_k = self.box_head(  # normalised like the proposals (running statistics), see BoxHead
+                    self.backbone, maps, refined_k.reshape(B, P * K, 4), slot_valid.reshape(B, P * K), sizes,
+                    running_stats=True,
                 ).reshape(B, P, K, -1)  # [B, P, K, d]
                 stage2_boxes = refined_k
             else:  # the authors' warm-up: stage 2 reuses the unrefined top-K features

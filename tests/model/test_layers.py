@@ -50,3 +50,22 @@ def test_masked_batch_norm_single_row_uses_running_statistics():
     x = torch.full((1, 2, 3), 6.0)
     out = masked_batch_norm(norm, x, torch.tensor([[True, False]]))
     torch.testing.assert_close(out[0, 0], torch.full((3,), 4.0 / math.sqrt(4.0 + norm.eps)))
+
+
+def test_masked_batch_norm_with_running_stats_leaves_them_unchanged_in_training():
+    torch.manual_seed(0)
+    norm = nn.BatchNorm1d(3).train()
+    norm.running_mean.copy_(torch.tensor([1.0, -2.0, 0.5]))
+    norm.running_var.copy_(torch.tensor([4.0, 0.25, 1.0]))
+    x = torch.randn(2, 4, 3) * 5 + 3
+    valid = torch.tensor([[True, True, False, True], [True, False, True, True]])
+    before = (norm.running_mean.clone(), norm.running_var.clone(), int(norm.num_batches_tracked))
+    out = masked_batch_norm(norm, x, valid, running_stats=True)
+    expected = (x - before[0]) / torch.sqrt(before[1] + norm.eps) * norm.weight + norm.bias  # plain formula
+    torch.testing.assert_close(out[valid], expected[valid])
+    assert out[~valid].abs().sum() == 0
+    torch.testing.assert_close(norm.running_mean, before[0])
+    torch.testing.assert_close(norm.running_var, before[1])
+    assert int(norm.num_batches_tracked) == before[2]
+    masked_batch_norm(norm, x, valid)  # the default path still learns the statistics
+    assert not torch.equal(norm.running_mean, before[0])
