@@ -185,10 +185,14 @@ def parse_sentences(path, chain_boxes: dict[str, list[Box]], chains: Optional[se
         lines = path.read_text(encoding="utf-8").split("\n")
     except FileNotFoundError:
         raise FileNotFoundError(f"sentences file not found: {path}") from None
+    if lines and lines[-1] == "":  # the newline that ends the file
+        lines.pop()
+    if not lines:
+        raise ValueError(f"{path}: no captions (empty sentences file)")
     sentences = []
     for line_number, line in enumerate(lines):
-        if not line.strip():
-            continue
+        if not line.strip():  # the release has none; a blank line is a broken file, not a caption
+            raise ValueError(f"{path}:{line_number + 1}: empty caption")
         words, phrases = parse_sentence_line(line, path, line_number)
         if chains is not None:
             for _, text, chain, _ in phrases:

@@ -137,6 +137,21 @@ def test_stray_closing_bracket(broken_root):
         load_flickr30k(broken_root, "test")
 
 
+def test_empty_caption_names_file_and_line(broken_root):
+    path = broken_root / "Sentences" / "2193001254.txt"
+    lines = path.read_text().split("\n")
+    lines[1] = "   "
+    path.write_text("\n".join(lines))
+    with pytest.raises(ValueError, match=r"2193001254\.txt:2: empty caption"):
+        load_flickr30k(broken_root, "test")
+
+
+def test_empty_sentences_file(broken_root):
+    (broken_root / "Sentences" / "2193001254.txt").write_text("")
+    with pytest.raises(ValueError, match=r"2193001254\.txt: no captions"):
+        load_flickr30k(broken_root, "test")
+
+
 def test_box_outside_the_image(broken_root):
     path = broken_root / "Annotations" / "1016887272.xml"
     path.write_text(path.read_text().replace("<xmax>231</xmax>", "<xmax>400</xmax>", 1))
