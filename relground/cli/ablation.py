@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from relground.cli.demo import DEFAULT_IMAGES, DEFAULT_THREADS, intra_op_threads  # same benchmark size as the demo
+from relground.cli.demo import DEFAULT_IMAGES, DEFAULT_THREADS, run_with_threads  # same benchmark size as the demo
 
 # 27 trainings (9 rows x 3 seeds) in <= 25 minutes on 2 cores: ~50 s each, so fewer iterations than the demo.
 DEFAULT_ITERATIONS = 300
@@ -71,10 +71,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    if args.threads <= 0:
-        raise ValueError(f"--threads: must be positive, got {args.threads}")
-    with intra_op_threads(args.threads):
-        return _run(args)
+    return run_with_threads(args, _run)
 
 
 def _run(args) -> int:

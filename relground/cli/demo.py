@@ -55,11 +55,16 @@ def intra_op_threads(count: int):
         torch.set_num_threads(previous)
 
 
-def run(args) -> int:
+def run_with_threads(args, body) -> int:
+    """Validate ``--threads`` and run ``body(args)`` with that many torch intra-op threads."""
     if args.threads <= 0:
         raise ValueError(f"--threads: must be positive, got {args.threads}")
     with intra_op_threads(args.threads):
-        return _run(args)
+        return body(args)
+
+
+def run(args) -> int:
+    return run_with_threads(args, _run)
 
 
 def _run(args) -> int:

@@ -120,6 +120,12 @@ class ModelConfig:
             F_cls a fully-connected network; a hidden layer lets the phrase rank boxes of the same label.
         stage2_pooling: the attention that pools the stage-2 vector z^f for the losses: ``fused`` (alpha^c_k *
             alpha^f_k, not renormalised, authors) or ``fine`` (alpha^f alone, the paper's z^f = sum_k alpha^f x'_k).
+        share_stage_heads: stage 2 uses the same F_cls / F_reg as stage 1 (authors). False = stage 2 has its own
+            heads (same architecture and initialisation), so the fine stage's losses on the K survivors do not
+            train the coarse scorer.
+        detach_stage2_inputs: stage 2 reads x_q, its box features and alpha^c without gradient (False = authors), so
+            its losses train only what belongs to stage 2 (its heads with ``share_stage_heads=False``, the VOGN)
+            and the shared decoders, not the encoder and box head that stage 1 scores with.
         cls_bias: initial bias of F_cls's output. Authors: 0 (PyTorch default init). A positive start makes the
             untrained s_hat * s_a follow the category prior rather than flip it where s_hat < 0.
         box_coder_weights: R-CNN delta weights (wx, wy, ww, wh). Default (10, 10, 5, 5).
@@ -159,6 +165,8 @@ class ModelConfig:
     cls_hidden: int = 0
     cls_bias: float = 0.0
     stage2_pooling: str = "fused"
+    share_stage_heads: bool = True
+    detach_stage2_inputs: bool = False
     box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     native_ops: bool = True
     loss: LossConfig = field(default_factory=LossConfig)

@@ -150,10 +150,10 @@ class ReIR(nn.Module):
         self.phrase_encoder = PhraseEncoder(
             caption_vocab_size, cfg.word_dim, d, cfg.rnn_type, cfg.bidirectional, cfg.phrase_batchnorm
         )
-        # Both stages share F_cls and F_reg, as the authors.
-        self.matching = MatchingHeads(
-            d, cfg.box_regression, cfg.regression_uses_phrase, cfg.regression_hidden, cfg.cls_hidden, cfg.cls_bias
-        )
+        heads = (d, cfg.box_regression, cfg.regression_uses_phrase, cfg.regression_hidden, cfg.cls_hidden, cfg.cls_bias)
+        self.matching = MatchingHeads(*heads)
+        # The authors share F_cls and F_reg between the stages; share_stage_heads=False gives stage 2 its own.
+        self.matching_stage2 = MatchingHeads(*heads) if cfg.two_stage and not cfg.share_stage_heads else None
         self.box_decoder = BoxDecoder(cfg.box_coder_weights, cfg.bbox_clip)
         self.graph = VisualObjectGraph(d, cfg.vogn_dim, cfg.vogn_variant, cfg.vogn_weights) if cfg.vogn else None
 
@@ -255,16 +255,20 @@ class ReIR(nn.Module):
             else:  # the authors' warm-up: stage 2 reuses the unrefined top-K features
                 x_k = gather_topk(x_o, index) * slot_valid[..., None]
                 stage2_boxes = boxes_k
+            x_q2 = x_q
+            if cfg.detach_stage2_inputs:  # stage-2 losses then leave the encoder and box head to stage 1
+                x_q2, x_k, att1_k = x_q.detach(), x_k.detach(), att1_k.detach()
             if self.graph is not None:
                 x_k = self.graph(x_k, att1_k, relation_adjacency(batch.relation_index, phrase_valid))
 
-            logits2 = self.matching.logits(x_q, x_k)  # [B, P, K]
+            fine_heads = self.matching if self.matching_stage2 is None else self.matching_stage2
+            logits2 = fine_heads.logits(x_q2, x_k)  # [B, P, K]
             prior_k = gather_topk(prior, index, per_phrase=True) * slot_valid
             _, att2, _ = prior_attention(logits2, prior_k, slot_valid, cfg.score_fusion)  # alpha^f [B, P, K]
             fused = att1_k * att2  # s = s^c * s^f as probabilities (never sign-flipped), not renormalised
             # z^f [B, P, d]: the authors pool with the fused attention; the paper (Sec. 3.3) with alpha^f alone.
             z2 = torch.einsum("bpk,bpkd->bpd", fused if cfg.stage2_pooling == "fused" else att2, x_k)
-            deltas2 = self.matching.deltas(x_q, x_k) if cfg.box_regression else None  # [B, P, K, 4]
+            deltas2 = fine_heads.deltas(x_q2, x_k) if cfg.box_regression else None  # [B, P, K, 4]
 
             def predict(choice: Tensor) -> Tensor:  # [B, P] slot -> box with both stages' deltas
                 box = _pick(refined_k, choice)

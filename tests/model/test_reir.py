@@ -238,3 +238,44 @@ def test_stage_two_vector_is_pooled_with_the_chosen_attention(pooling, monkeypat
             torch.testing.assert_close(z2[b, p], expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="stage2_pooling"):
         tiny_config("tsd").replace(stage2_pooling="mean")
+
+
+def test_stage_two_heads_are_shared_by_default_and_separate_on_request():
+    shared = build(tiny_config("tsd_str", cls_hidden=8))
+    assert shared.matching_stage2 is None
+    assert not any(n.startswith("matching_stage2.") for n in shared.state_dict())  # old checkpoints still load
+    # Pooled by alpha^f alone, so z^f does not depend on alpha^c either.
+    separate = build(tiny_config("tsd_str", cls_hidden=8, stage2_pooling="fine", share_stage_heads=False))
+    names = {n for n, _ in separate.matching.named_parameters()}
+    assert {n for n, _ in separate.matching_stage2.named_parameters()} == names
+    batch = make_batch()
+    out = separate(batch, iteration=10)
+    before1, before2 = out.attention_stage1.detach(), out.attention_stage2.detach()
+    with torch.no_grad():  # a change of stage 2's F_cls moves alpha^f only
+        separate.matching_stage2.cls_phrase.weight.normal_()
+    out = separate(batch, iteration=10)
+    torch.testing.assert_close(out.attention_stage1, before1)
+    assert not torch.allclose(out.attention_stage2, before2)
+    # The stage-2 losses train the stage-2 heads; stage 1's F_cls only hears its own losses.
+    separate.zero_grad()
+    separate(batch, iteration=10).losses["rec_s2"].backward()
+    assert separate.matching_stage2.cls_out.weight.grad.abs().sum() > 0
+    assert separate.matching.cls_out.weight.grad is None or separate.matching.cls_out.weight.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("preset", ["tsd_str", "full"])
+def test_detached_stage_two_losses_leave_the_encoder_and_box_head_alone(preset):
+    cfg = tiny_config(preset, stage2_pooling="fine", share_stage_heads=False, detach_stage2_inputs=True)
+    model = build(cfg)
+    out = model(make_batch(), iteration=10)
+    out.losses["rec_s2"].backward()  # (rank_s2 also reaches the encoder through the sentence feature)
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    heard = lambda prefix: any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith(prefix))
+    assert heard("matching_stage2.") and heard("decoder.")
+    assert not heard("phrase_encoder.") and not heard("box_head.") and not heard("matching.")
+    if preset == "full":
+        assert heard("graph.")
+    # Authors' default: the same loss reaches the shared encoder and box head.
+    shared = build(tiny_config(preset, stage2_pooling="fine"))
+    shared(make_batch(), iteration=10).losses["rec_s2"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in shared.box_head.parameters())
