@@ -134,7 +134,7 @@ SMALL_BELOW, BIG_ABOVE = 0.145, 0.225  # size-adjective thresholds (fraction of 
 MIN_GAP = 3  # pixels between objects, so every pair is separated and relations are crisp
 JPEG_QUALITY = 90
 FIRST_IMAGE_ID = 1_000_000
-TWINS_FILE = "twins.json"  # the name relground.engine.evaluator.load_twins reads
+TWINS_FILE = "twins.json"  # also read by relground.engine.evaluator.load_twins
 MIN_IMAGES = 10  # so that train, val and test are all non-empty
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 64, 1024
 

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from relground.data.records import Box, ImageAnnotation
+from relground.data.synthetic import TWINS_FILE  # the generator writes it, the evaluator reads it
 from relground.ops import pairwise_iou
 
 PhraseKey = tuple[str, int, int]  # (image_id, sentence_index, first_word_index)
@@ -245,9 +246,6 @@ def evaluate_predictions(
         metrics["upper_bound_top_m"] = top_m
         metrics["images_without_proposals"] = bound["images_without_proposals"]
     return metrics
-
-
-TWINS_FILE = "twins.json"
 
 
 def load_twins(root, annotations: Iterable[ImageAnnotation]) -> Optional[dict[PhraseKey, bool]]:
