@@ -74,6 +74,9 @@ class TrainConfig:
         tensorboard: write TensorBoard events next to ``metrics.csv``.
         find_unused_parameters: DistributedDataParallel flag; True because ReIR leaves heads unused on
             some batches (e.g. the relation classifier when a batch has no relation).
+        threads: torch intra-op threads while training on the CPU; 0 = torch's default. The synthetic config
+            sets 1: this model's small matrices gain nothing from more, and on a busy 2-core machine spinning
+            OpenMP threads made steps ~10x slower (docs/results.md).
     """
 
     device: str = "auto"
@@ -85,8 +88,11 @@ class TrainConfig:
     progress_bar: bool = True
     tensorboard: bool = True
     find_unused_parameters: bool = True
+    threads: int = 0
 
     def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError(f"train.threads must be >= 0 (0 = torch's default), got {self.threads}")
         for name in ("accumulation_steps", "checkpoint_period", "keep_checkpoints", "log_period"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
@@ -544,6 +550,9 @@ def train(cfg: "Config", *, resume: bool = False, hooks: Sequence[HookBase] = ()
     if not resume and Checkpointer(output_dir / "checkpoints").latest() is not None:
         raise ValueError(f"output_dir {output_dir} already holds checkpoints; resume it (--resume) or choose another folder")
     device = resolve_device(cfg.train.device)
+    previous_threads = torch.get_num_threads()
+    if cfg.train.threads and device.type == "cpu":
+        torch.set_num_threads(cfg.train.threads)
     du.init_distributed(device)
     try:
         seed_all(cfg.seed)  # identical initial weights on every rank
@@ -569,3 +578,4 @@ def train(cfg: "Config", *, resume: bool = False, hooks: Sequence[HookBase] = ()
         return result
     finally:
         du.destroy_distributed()
+        torch.set_num_threads(previous_threads)

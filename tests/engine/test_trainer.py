@@ -230,7 +230,21 @@ def test_train_from_config_runs_reir_on_synthetic_data_and_rebuilds_from_checkpo
         "train.log_period=1", "train.checkpoint_period=2", "train.progress_bar=false", f"output_dir={tmp_path / 'run'}",
     ]
     cfg = load_config(REPO / "configs" / "synthetic.yaml", overrides)
-    result = train(cfg)
+    assert cfg.train.threads == 1
+
+    class ThreadProbe(HookBase):  # train.threads holds during the steps and is undone afterwards
+        seen: set[int] = set()
+
+        def before_step(self) -> None:
+            self.seen.add(torch.get_num_threads())
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = train(cfg, hooks=[ThreadProbe()])
+        assert ThreadProbe.seen == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads_before)
     assert result["status"] == "finished" and result["iteration"] == 3
     assert {"loss/rec_s2", "loss/rank_s1", "loss/reg_s1"} <= set(result["metrics"])
     assert load_config(result["config"]) == cfg  # the saved config.yaml rebuilds the run's config
