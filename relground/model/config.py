@@ -34,7 +34,8 @@ class LossConfig:
 
     Attributes:
         reconstruction_stages: stages whose pooled vector reconstructs the phrase. Authors' final model: (2,).
-        ranking: image-caption ranking loss on every active stage.
+        ranking: image-caption ranking loss.
+        ranking_stages: stages with a ranking term (a single-stage model has stage 1 only). Authors: (1, 2).
         regression: self-taught regression loss (needs ``ModelConfig.box_regression``).
         relation: relation classification loss on stage-2 vectors (needs ``ModelConfig.two_stage``).
         lambda_rec: weight of the reconstruction terms. Default 1.
@@ -51,6 +52,7 @@ class LossConfig:
 
     reconstruction_stages: tuple[int, ...] = (2,)
     ranking: bool = True
+    ranking_stages: tuple[int, ...] = (1, 2)
     regression: bool = True
     relation: bool = True
     lambda_rec: float = 1.0
@@ -64,9 +66,10 @@ class LossConfig:
     relation_weight_range: float = 9.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "reconstruction_stages", tuple(int(s) for s in self.reconstruction_stages))
-        if not set(self.reconstruction_stages) <= {1, 2}:
-            raise ValueError(f"loss.reconstruction_stages must hold 1 and/or 2, got {self.reconstruction_stages}")
+        for name in ("reconstruction_stages", "ranking_stages"):
+            object.__setattr__(self, name, tuple(int(s) for s in getattr(self, name)))
+            if not set(getattr(self, name)) <= {1, 2}:
+                raise ValueError(f"loss.{name} must hold 1 and/or 2, got {getattr(self, name)}")
         for name in ("lambda_rec", "lambda_reg", "lambda_rel", "lambda_rank", "ranking_margin", "score_gap"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
@@ -126,6 +129,10 @@ class ModelConfig:
         detach_stage2_inputs: stage 2 reads x_q, its box features and alpha^c without gradient (False = authors), so
             its losses train only what belongs to stage 2 (its heads with ``share_stage_heads=False``, the VOGN)
             and the shared decoders, not the encoder and box head that stage 1 scores with.
+        separate_stage2_decoder: stage 2 reconstructs with its own phrase decoder (False = one decoder for both
+            stages, authors), so rec_s2 cannot retune the decoder that stage 1's attention learns from.
+        detach_regression_inputs: F_reg reads x_q and the box features without gradient (False = authors), so the
+            regression loss trains F_reg only and leaves the features the matching ranks boxes with.
         cls_bias: initial bias of F_cls's output. Authors: 0 (PyTorch default init). A positive start makes the
             untrained s_hat * s_a follow the category prior rather than flip it where s_hat < 0.
         box_coder_weights: R-CNN delta weights (wx, wy, ww, wh). Default (10, 10, 5, 5).
@@ -167,6 +174,8 @@ class ModelConfig:
     stage2_pooling: str = "fused"
     share_stage_heads: bool = True
     detach_stage2_inputs: bool = False
+    separate_stage2_decoder: bool = False
+    detach_regression_inputs: bool = False
     box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     native_ops: bool = True
     loss: LossConfig = field(default_factory=LossConfig)

@@ -159,6 +159,8 @@ class ReIR(nn.Module):
 
         loss = self.loss_cfg
         self.decoder = PhraseDecoder(phrase_vocab_size, d, cfg.word_dim, d) if loss.reconstruction_stages else None
+        own_decoder = cfg.separate_stage2_decoder and 2 in loss.reconstruction_stages
+        self.decoder_stage2 = PhraseDecoder(phrase_vocab_size, d, cfg.word_dim, d) if own_decoder else None
         self.ranking = RankingEmbedding(d, d, cfg.ranking_dim) if loss.ranking else None
         self.relation = RelationClassifier(d, num_relation_classes, cfg.relation_hidden) if loss.relation else None
         if relation_class_counts is not None:
@@ -171,6 +173,12 @@ class ReIR(nn.Module):
             self.register_buffer("relation_weights", weights)
         else:
             self.relation_weights = None
+
+    def _regression_inputs(self, phrases: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+        """What F_reg reads: x_q and the box features, detached with ``cfg.detach_regression_inputs``."""
+        if self.cfg.detach_regression_inputs:
+            return phrases.detach(), boxes.detach()
+        return phrases, boxes
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, *args, **kwargs) -> "ReIR":
@@ -218,7 +226,7 @@ class ReIR(nn.Module):
         _, att1, _ = prior_attention(logits1, prior, proposal_valid[:, None, :], cfg.score_fusion)
         att1 = att1 * phrase_valid[..., None]  # [B, P, M], zero rows for padding phrases
         z1 = torch.einsum("bpm,bmd->bpd", att1, x_o)  # z^c [B, P, d]
-        deltas1 = self.matching.deltas(x_q, x_o) if cfg.box_regression else None  # [B, P, M, 4]
+        deltas1 = self.matching.deltas(*self._regression_inputs(x_q, x_o)) if cfg.box_regression else None
 
         best1 = att1.argmax(-1)  # [B, P]
         proposals_per_phrase = proposals[:, None].expand(B, P, M, 4)
@@ -268,7 +276,7 @@ class ReIR(nn.Module):
             fused = att1_k * att2  # s = s^c * s^f as probabilities (never sign-flipped), not renormalised
             # z^f [B, P, d]: the authors pool with the fused attention; the paper (Sec. 3.3) with alpha^f alone.
             z2 = torch.einsum("bpk,bpkd->bpd", fused if cfg.stage2_pooling == "fused" else att2, x_k)
-            deltas2 = fine_heads.deltas(x_q2, x_k) if cfg.box_regression else None  # [B, P, K, 4]
+            deltas2 = fine_heads.deltas(*self._regression_inputs(x_q2, x_k)) if cfg.box_regression else None
 
             def predict(choice: Tensor) -> Tensor:  # [B, P] slot -> box with both stages' deltas
                 box = _pick(refined_k, choice)
@@ -287,14 +295,15 @@ class ReIR(nn.Module):
         targets = batch.phrase_targets
         pooled = {1: z1, 2: z2}
         for stage in loss_cfg.reconstruction_stages:
-            losses[f"rec_s{stage}"] = reconstruction_loss(self.decoder, pooled[stage], targets, phrase_valid)
+            decoder = self.decoder_stage2 if stage == 2 and self.decoder_stage2 is not None else self.decoder
+            losses[f"rec_s{stage}"] = reconstruction_loss(decoder, pooled[stage], targets, phrase_valid)
         if self.ranking is not None:
             negatives = None
             if image_ids is not None:  # other captions of the same image are not negatives
                 codes = {image_id: n for n, image_id in enumerate(dict.fromkeys(image_ids))}
                 ids = torch.tensor([codes[i] for i in image_ids], device=z1.device)
                 negatives = ids[:, None] != ids[None, :]
-            for stage in (1, 2) if cfg.two_stage else (1,):
+            for stage in loss_cfg.ranking_stages if cfg.two_stage else (1,):
                 similarity = self.ranking(pooled[stage], phrase_valid, sentence)
                 losses[f"rank_s{stage}"] = ranking_loss(similarity, loss_cfg.ranking_margin, negatives)
         regression_on = loss_cfg.regression and (iteration is None or iteration >= loss_cfg.regression_start_iteration)

@@ -279,3 +279,31 @@ def test_detached_stage_two_losses_leave_the_encoder_and_box_head_alone(preset):
     shared = build(tiny_config(preset, stage2_pooling="fine"))
     shared(make_batch(), iteration=10).losses["rec_s2"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in shared.box_head.parameters())
+
+
+def test_isolation_options_keep_stage_two_and_regression_losses_off_the_stage_one_path():
+    """separate_stage2_decoder, detach_regression_inputs and ranking_stages=(1,): what each loss may train."""
+    cfg = tiny_config(
+        "full", stage2_pooling="fine", share_stage_heads=False, detach_stage2_inputs=True,
+        separate_stage2_decoder=True, detach_regression_inputs=True,
+        loss=dict(ranking_stages=(1,), reconstruction_stages=(1, 2)),
+    )
+    model = build(cfg)
+    out = model(make_batch(), iteration=10)
+    assert "rank_s2" not in out.losses and "rank_s1" in out.losses
+
+    def heard(loss_name: str) -> set[str]:
+        model.zero_grad()
+        model(make_batch(), iteration=10).losses[loss_name].backward(retain_graph=True)
+        return {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+    assert "decoder_stage2" in heard("rec_s2") and "decoder" not in heard("rec_s2")
+    assert "decoder" in heard("rec_s1") and "decoder_stage2" not in heard("rec_s1")
+    # The regression loss trains F_reg alone: not the phrase encoder or the box head the matching scores with.
+    assert heard("reg_s1") == {"matching"}
+    assert heard("reg_s2") <= {"matching_stage2"}  # (may select no neighbour in this tiny batch)
+    # Authors' default: one decoder, and the regression gradient reaches the encoder and box head.
+    shared = build(tiny_config("full"))
+    assert shared.decoder_stage2 is None
+    shared(make_batch(), iteration=10).losses["reg_s1"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in shared.box_head.parameters())
