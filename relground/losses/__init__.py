@@ -1,6 +1,6 @@
 """The weakly supervised losses of ReIR (paper Eq. 12-17), each reported separately by the model."""
 
-from relground.losses.ranking import RankingEmbedding, ranking_loss
+from relground.losses.ranking import RankingEmbedding, contrastive_ranking_loss, ranking_loss
 from relground.losses.reconstruction import PhraseDecoder, phrase_target_lengths, reconstruction_loss
 from relground.losses.regression import self_taught_regression_loss
 from relground.losses.relation import RelationClassifier, relation_class_weights, relation_loss
@@ -10,6 +10,7 @@ __all__ = [
     "RankingEmbedding",
     "RelationClassifier",
     "phrase_target_lengths",
+    "contrastive_ranking_loss",
     "ranking_loss",
     "reconstruction_loss",
     "relation_class_weights",

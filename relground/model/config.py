@@ -23,6 +23,7 @@ SCORE_FUSIONS = ("product", "sigmoid_product")
 VOGN_VARIANTS = ("authors", "paper")
 VOGN_WEIGHTS = ("attention", "uniform")
 STAGE2_POOLINGS = ("fused", "fine")
+RANKING_FORMS = ("hinge", "contrastive")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class LossConfig:
         iou_threshold: tau, IoU with the anchor box above which a proposal is regressed towards it. Default 0.6.
         score_gap: a neighbour counts (weight 1) only if its attention is at least this far below the anchor's.
         ranking_margin: margin of the hardest-negative ranking loss, in softmax-probability units. Default 0.2.
+        ranking_form: ``hinge`` (hardest negative, authors) or ``contrastive`` (InfoNCE both ways, see
+            :func:`relground.losses.contrastive_ranking_loss`).
         relation_weight_range: per-class BCE weights span [1, 1 + this] (``1 + 9 * minmax(1/sqrt(count))``).
     """
 
@@ -63,6 +66,7 @@ class LossConfig:
     iou_threshold: float = 0.6
     score_gap: float = 0.1
     ranking_margin: float = 0.2
+    ranking_form: str = "hinge"
     relation_weight_range: float = 9.0
 
     def __post_init__(self) -> None:
@@ -73,6 +77,8 @@ class LossConfig:
         for name in ("lambda_rec", "lambda_reg", "lambda_rel", "lambda_rank", "ranking_margin", "score_gap"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if self.ranking_form not in RANKING_FORMS:
+            raise ValueError(f"loss.ranking_form must be one of {RANKING_FORMS}, got {self.ranking_form!r}")
         if not 0.0 <= self.iou_threshold <= 1.0:
             raise ValueError(f"loss.iou_threshold must be in [0, 1], got {self.iou_threshold}")
 

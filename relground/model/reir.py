@@ -26,6 +26,7 @@ from relground.losses import (
     PhraseDecoder,
     RankingEmbedding,
     RelationClassifier,
+    contrastive_ranking_loss,
     ranking_loss,
     reconstruction_loss,
     relation_class_weights,
@@ -305,7 +306,10 @@ class ReIR(nn.Module):
                 negatives = ids[:, None] != ids[None, :]
             for stage in loss_cfg.ranking_stages if cfg.two_stage else (1,):
                 similarity = self.ranking(pooled[stage], phrase_valid, sentence)
-                losses[f"rank_s{stage}"] = ranking_loss(similarity, loss_cfg.ranking_margin, negatives)
+                if loss_cfg.ranking_form == "contrastive":
+                    losses[f"rank_s{stage}"] = contrastive_ranking_loss(similarity, negatives)
+                else:
+                    losses[f"rank_s{stage}"] = ranking_loss(similarity, loss_cfg.ranking_margin, negatives)
         regression_on = loss_cfg.regression and (iteration is None or iteration >= loss_cfg.regression_start_iteration)
         if regression_on:
             kwargs = dict(

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from relground.losses import RankingEmbedding, ranking_loss
+from relground.losses import RankingEmbedding, contrastive_ranking_loss, ranking_loss
 
 
 def _loop_loss(S, margin, negatives):
@@ -59,3 +59,35 @@ def test_ranking_embedding_averages_valid_phrases():
     images = torch.stack((pooled[0, :2].mean(0), pooled[1, 0]))
     expected = head.visual(images) @ head.text(sentence).T / math.sqrt(8)
     torch.testing.assert_close(S, expected)
+
+
+def _loop_contrastive(S, negatives):
+    """Float64 loop: mean over i of -log softmax over the allowed j, rows then columns."""
+    B = len(S)
+    total = 0.0
+    for transpose in (False, True):
+        rows = 0.0
+        for i in range(B):
+            allowed = [j for j in range(B) if j == i or negatives[i][j]]
+            value = (lambda a, b: S[b][a]) if transpose else (lambda a, b: S[a][b])
+            log_z = math.log(sum(math.exp(value(i, j)) for j in allowed))
+            rows += log_z - value(i, i)
+        total += rows / B
+    return total
+
+
+def test_contrastive_ranking_loss_matches_a_loop_and_raises_matching_pairs_from_a_flat_start():
+    torch.manual_seed(1)
+    S = torch.randn(5, 5, dtype=torch.float64)
+    everyone = [[True] * 5 for _ in range(5)]
+    assert contrastive_ranking_loss(S).item() == pytest.approx(_loop_contrastive(S.tolist(), everyone), rel=1e-12)
+    negatives = torch.ones(5, 5, dtype=torch.bool)
+    negatives[0, 1] = negatives[1, 0] = False  # two captions of one image
+    masked = contrastive_ranking_loss(S, negatives)
+    assert masked.item() == pytest.approx(_loop_contrastive(S.tolist(), negatives.tolist()), rel=1e-12)
+    # From a flat start (constant S) the gradient raises every matching pair.
+    flat = torch.zeros(4, 4, dtype=torch.float64, requires_grad=True)
+    contrastive_ranking_loss(flat).backward()
+    assert (flat.grad.diagonal() < 0).all()
+    with pytest.raises(ValueError, match="square"):
+        contrastive_ranking_loss(torch.randn(2, 3))
