@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from relground.data.batch import GroundingBatch
 from relground.data.config import DataConfig
 from relground.data.proposals import ProposalStore
 from relground.data.records import ImageAnnotation, SentenceAnnotation
+from relground.data.samplers import ResumableDistributedSampler
 from relground.data.transforms import resize_scale, resized_size, transform_image
 from relground.language.vocab import tokenize
 
@@ -306,7 +307,8 @@ def build_dataloader(
         cfg (DataConfig): batch size, workers, loader.
         dataset (GroundingDataset): from :func:`build_dataset`.
         train (bool): shuffle (and drop the last incomplete batch). Default True.
-        rank (int), world_size (int): this process's shard; ``DistributedSampler`` when ``world_size > 1``.
+        rank (int), world_size (int): this process's shard; a :class:`ResumableDistributedSampler` when
+            ``world_size > 1``.
         seed (int): shuffling seed (call ``loader.sampler.set_epoch(e)`` per epoch when distributed).
         device_id (int, optional): GPU for DALI's ``mixed`` decoder; ``None`` = CPU decoding.
 
@@ -324,7 +326,11 @@ def build_dataloader(
         )
     sampler = None
     if world_size > 1:
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train)
+        # Same (seed, epoch) permutation as DistributedSampler; a resumed run starts mid-epoch without loading
+        # the batches it already trained on.
+        sampler = ResumableDistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train
+        )
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,

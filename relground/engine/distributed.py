@@ -1,4 +1,4 @@
-"""Data-parallel helpers over ``torch.distributed``: process group set-up, rank queries, reductions, sampler.
+"""Data-parallel helpers over ``torch.distributed``: process group set-up, rank queries, reductions.
 
 One process per device, launched by ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR``/``MASTER_PORT``) or by ``torch.multiprocessing.spawn`` with an explicit ``init_method``
@@ -12,14 +12,14 @@ Example::
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset
-from torch.utils.data.distributed import DistributedSampler
+
+from relground.data.samplers import ResumableDistributedSampler  # noqa: F401  (re-exported)
 
 
 def is_distributed() -> bool:
@@ -130,58 +130,3 @@ def all_gather_object(obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
-
-
-class ResumableDistributedSampler(DistributedSampler):
-    """``DistributedSampler`` that can start an epoch part-way, so a resumed run skips batches without loading them.
-
-    The permutation of an epoch depends only on ``(seed, epoch)`` (as in ``DistributedSampler``), so a
-    resumed run that calls ``set_epoch(e)`` and ``set_start_index(i)`` yields exactly the indices the
-    interrupted run would have yielded from position ``i`` of epoch ``e`` on. The start index resets to 0
-    at the next ``set_epoch``.
-
-    Args:
-        dataset: the map-style dataset (only its length is used).
-        num_replicas: world size (default: the process group's).
-        rank: this process's rank (default: the process group's).
-        shuffle: permute each epoch (default True).
-        seed: permutation seed, identical on every rank (default 0).
-        drop_last: drop the tail so every rank gets the same count (default False: pad by repeating).
-    """
-
-    def __init__(
-        self,
-        dataset: Dataset,
-        num_replicas: Optional[int] = None,
-        rank: Optional[int] = None,
-        shuffle: bool = True,
-        seed: int = 0,
-        drop_last: bool = False,
-    ) -> None:
-        super().__init__(
-            dataset,
-            num_replicas=get_world_size() if num_replicas is None else num_replicas,
-            rank=get_rank() if rank is None else rank,
-            shuffle=shuffle,
-            seed=seed,
-            drop_last=drop_last,
-        )
-        self.start_index = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        self.start_index = 0
-
-    def set_start_index(self, start_index: int) -> None:
-        """Skip the first ``start_index`` samples of this rank's share of the current epoch."""
-        if not 0 <= start_index <= self.num_samples:
-            raise ValueError(f"start_index must be in [0, {self.num_samples}], got {start_index}")
-        self.start_index = start_index
-
-    def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
-        return iter(indices[self.start_index :])
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start_index
-

@@ -147,7 +147,7 @@ class DataStream:
     sampler has one), so a ``DistributedSampler`` shuffles by ``(seed, epoch)`` only. A loader with its own
     ``generator`` (a ``RandomSampler``) has that generator's state at the epoch start saved and restored.
     On resume, the batches already consumed in the epoch are skipped through ``sampler.set_start_index``
-    (see :class:`~relground.engine.distributed.ResumableDistributedSampler`) without loading them; with any
+    (see :class:`~relground.data.samplers.ResumableDistributedSampler`) without loading them; with any
     other sampler they are loaded and dropped. Iterators are created inside ``torch.random.fork_rng`` so
     the loader's seed draws do not shift the global RNG stream the model uses.
 
@@ -233,7 +233,7 @@ class Trainer:
         model: follows the model protocol in the module docstring; moved to ``device`` (and wrapped in
             DistributedDataParallel when a process group is initialised).
         data_loader: yields this process's batches (e.g. a DataLoader over a
-            :class:`~relground.engine.distributed.ResumableDistributedSampler`).
+            :class:`~relground.data.samplers.ResumableDistributedSampler`).
         solver: optimizer and lr schedule (``max_iter`` = number of iterations).
         cfg: :class:`TrainConfig`.
         output_dir: run folder for checkpoints and logs; ``None`` trains in memory (no default hooks

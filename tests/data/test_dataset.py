@@ -220,3 +220,24 @@ def test_dataloader_shards_and_workers(setup):
             assert a == b
     with pytest.raises(ValueError, match="rank"):
         build_dataloader(cfg, dataset, rank=2, world_size=2)
+
+
+def test_distributed_train_loader_resumes_mid_epoch_without_loading_the_skipped_batches(setup):
+    """The train sampler of a rank is the torch DistributedSampler's permutation, startable part-way."""
+    from relground.data.samplers import ResumableDistributedSampler
+
+    root, proposals, images, captions, phrases = setup
+    cfg = DataConfig(dataset="flickr30k", root=str(root), max_proposals=M, min_size=MIN_SIZE, max_size=MAX_SIZE,
+                     batch_size=2, num_workers=0)
+    dataset = build_dataset(cfg, "test", captions, phrases, fake_prior)
+    loader = build_dataloader(cfg, dataset, train=True, rank=1, world_size=2, seed=3)
+    assert isinstance(loader.sampler, ResumableDistributedSampler)
+    reference = torch.utils.data.DistributedSampler(dataset, num_replicas=2, rank=1, shuffle=True, seed=3, drop_last=True)
+    reference.set_epoch(1)
+    loader.sampler.set_epoch(1)
+    assert list(loader.sampler) == list(reference)
+    full = [(m["image_id"], m["sentence_index"]) for batch in loader for m in batch.meta]
+    loader.sampler.set_start_index(2)  # one batch of 2 already trained on: its indices are never drawn
+    assert len(loader.sampler) == len(reference) - 2
+    resumed = [(m["image_id"], m["sentence_index"]) for batch in loader for m in batch.meta]
+    assert resumed == full[2:]

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from relground.engine.distributed import ResumableDistributedSampler
+from relground.data.samplers import ResumableDistributedSampler
 
 FEATURES = 6
 
