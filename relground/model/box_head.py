@@ -35,12 +35,19 @@ class BoxHead(nn.Module):
         in_channels: width of the pooled ResNet feature (``ResNetBackbone.out_channels``).
         hidden_dim: d. Authors: 1024.
         spatial_feature: concatenate :func:`spatial_features` before the Linear layer.
+        input_norm: standardise the pooled input per channel (BatchNorm without affine) before the Linear layer.
+            Pooled post-ReLU maps are all positive with a large shared component, so each unit of the Linear is
+            on or off for nearly every box (median per-unit std / |mean| 0.6 on the synthetic benchmark) and,
+            at a high learning rate, most stay off for good (80% of the units were never active after 800
+            steps at lr 0.2). Centred inputs make every unit vary from box to box. Authors: no input norm.
     """
 
-    def __init__(self, in_channels: int, hidden_dim: int, spatial_feature: bool = False):
+    def __init__(self, in_channels: int, hidden_dim: int, spatial_feature: bool = False, input_norm: bool = False):
         super().__init__()
         self.spatial_feature = spatial_feature
-        self.fc = nn.Linear(in_channels + (SPATIAL_DIM if spatial_feature else 0), hidden_dim)
+        in_features = in_channels + (SPATIAL_DIM if spatial_feature else 0)
+        self.input_norm = nn.BatchNorm1d(in_features, affine=False) if input_norm else None
+        self.fc = nn.Linear(in_features, hidden_dim)
         self.norm = nn.BatchNorm1d(hidden_dim)
 
     def forward(
@@ -73,6 +80,9 @@ class BoxHead(nn.Module):
         if self.spatial_feature:
             geometry = spatial_features(boxes, image_sizes)[batch_index, box_index]  # [N, 5]
             pooled = torch.cat((pooled, geometry.to(pooled.dtype)), dim=1)
+        if self.input_norm is not None:
+            every_row = torch.ones(pooled.shape[0], dtype=torch.bool, device=pooled.device)
+            pooled = masked_batch_norm(self.input_norm, pooled, every_row, running_stats)
         hidden = torch.relu(self.fc(pooled))  # [N, d]
         full = hidden.new_zeros((B, X, hidden.shape[1]))
         full[batch_index, box_index] = hidden

@@ -100,6 +100,8 @@ class ModelConfig:
         roi_output_size: RoIAlign grid P. Default 7.
         roi_sampling_ratio: RoIAlign samples per bin side. Default 2.
         spatial_feature: append (x1/W, y1/H, x2/W, y2/H, area/(WH)) to each box feature (paper Sec. 3.2.1).
+        box_input_norm: standardise the pooled box feature per channel before the box head's Linear layer
+            (see :class:`relground.model.box_head.BoxHead`). Authors: off.
         cache_features: keep the frozen backbone's map per ``meta['image_id']`` (needs a frozen backbone and no
             augmentation: the map of an image then never changes).
         cache_max_images: bound of that cache (least recently used images are dropped). Default 4096.
@@ -154,6 +156,7 @@ class ModelConfig:
     roi_output_size: int = 7
     roi_sampling_ratio: int = 2
     spatial_feature: bool = False
+    box_input_norm: bool = False
     cache_features: bool = False
     cache_max_images: int = 4096
     channels_last: bool = False

@@ -39,3 +39,28 @@ def test_box_head_embeds_valid_boxes_and_keeps_padding_out_of_batchnorm():
     rows = torch.stack(rows)
     expected = (rows - rows.mean(0)) / torch.sqrt(rows.var(0, unbiased=False) + head.norm.eps)
     torch.testing.assert_close(out[valid], expected * head.norm.weight + head.norm.bias, atol=1e-5, rtol=1e-4)
+
+
+def test_box_input_norm_standardises_pooled_features_per_channel_before_the_linear_layer():
+    torch.manual_seed(0)
+    from relground.ops._reference import _roi_align_avg_reference
+
+    backbone = ResNetBackbone("resnet10", box_head="fast", roi_align_avg=_roi_align_avg_reference)
+    head = BoxHead(backbone.out_channels, 16, input_norm=True).train()
+    images = torch.randn(1, 3, 64, 64)
+    sizes = torch.tensor([[64, 64]])
+    boxes = torch.tensor([[[4.0, 6.0, 50.0, 40.0], [20.0, 10.0, 60.0, 60.0], [0.0, 0.0, 30.0, 30.0], [1, 1, 2, 2.0]]])
+    valid = torch.tensor([[True, True, True, False]])
+    maps = backbone.image_maps(images, sizes)
+    out = head(backbone, maps, boxes, valid, sizes)
+    rois = torch.cat((torch.zeros(3, 1), boxes[0, :3]), dim=1)
+    with torch.no_grad():
+        pooled = torchvision.ops.roi_align(maps, rois, 7, 1 / 16, 2, aligned=True).mean((2, 3))  # [3, C]
+    centred = (pooled - pooled.mean(0)) / torch.sqrt(pooled.var(0, unbiased=False) + head.input_norm.eps)
+    rows = torch.relu(head.fc(centred))
+    expected = (rows - rows.mean(0)) / torch.sqrt(rows.var(0, unbiased=False) + head.norm.eps)
+    torch.testing.assert_close(out[valid], expected * head.norm.weight + head.norm.bias, atol=1e-4, rtol=1e-3)
+    # Refined boxes (running_stats=True) use the running estimates and leave them as they are.
+    before = head.input_norm.running_mean.clone()
+    head(backbone, maps, boxes, valid, sizes, running_stats=True)
+    torch.testing.assert_close(head.input_norm.running_mean, before)
