@@ -47,6 +47,7 @@ class BoxHead(nn.Module):
         self.spatial_feature = spatial_feature
         in_features = in_channels + (SPATIAL_DIM if spatial_feature else 0)
         self.input_norm = nn.BatchNorm1d(in_features, affine=False) if input_norm else None
+        self.in_features = in_features
         self.fc = nn.Linear(in_features, hidden_dim)
         self.norm = nn.BatchNorm1d(hidden_dim)
 
@@ -58,7 +59,8 @@ class BoxHead(nn.Module):
         valid: Tensor,
         image_sizes: Tensor,
         running_stats: bool = False,
-    ) -> Tensor:
+        return_pooled: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """
         Args:
             backbone: pools the boxes from ``maps`` (faithful or fast head).
@@ -69,9 +71,10 @@ class BoxHead(nn.Module):
             running_stats: BatchNorm with the running statistics, which stay unchanged (the refined top-K boxes
                 of stage 2: all object-like, so their batch statistics differ from the proposals' and would
                 normalise the two stages' inputs of the shared F_cls differently).
+            return_pooled: also return the Linear layer's input (pooled ResNet feature, geometry, input norm).
 
         Returns:
-            Tensor[B, X, d]
+            Tensor[B, X, d], and with ``return_pooled`` Tensor[B, X, C_in] (zeros for invalid boxes).
         """
         B, X, _ = boxes.shape
         batch_index, box_index = valid.nonzero(as_tuple=True)  # [N] each
@@ -86,4 +89,9 @@ class BoxHead(nn.Module):
         hidden = torch.relu(self.fc(pooled))  # [N, d]
         full = hidden.new_zeros((B, X, hidden.shape[1]))
         full[batch_index, box_index] = hidden
-        return masked_batch_norm(self.norm, full, valid, running_stats)  # BatchNorm over the real boxes only
+        features = masked_batch_norm(self.norm, full, valid, running_stats)  # BatchNorm over the real boxes only
+        if not return_pooled:
+            return features
+        pooled_full = pooled.new_zeros((B, X, pooled.shape[1]))
+        pooled_full[batch_index, box_index] = pooled
+        return features, pooled_full

@@ -24,6 +24,7 @@ VOGN_VARIANTS = ("authors", "paper")
 VOGN_WEIGHTS = ("attention", "uniform")
 STAGE2_POOLINGS = ("fused", "fine")
 RANKING_FORMS = ("hinge", "contrastive")
+REGRESSION_INPUTS = ("box_feature", "pooled")
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,8 @@ class ModelConfig:
             and the shared decoders, not the encoder and box head that stage 1 scores with.
         separate_stage2_decoder: stage 2 reconstructs with its own phrase decoder (False = one decoder for both
             stages, authors), so rec_s2 cannot retune the decoder that stage 1's attention learns from.
+        regression_input: what F_reg reads of a box: ``box_feature`` (x_o, authors) or ``pooled`` (the box head's
+            input: pooled ResNet feature + geometry, before the d-wide bottleneck that the matching trains).
         detach_regression_inputs: F_reg reads x_q and the box features without gradient (False = authors), so the
             regression loss trains F_reg only and leaves the features the matching ranks boxes with.
         cls_bias: initial bias of F_cls's output. Authors: 0 (PyTorch default init). A positive start makes the
@@ -185,6 +188,7 @@ class ModelConfig:
     detach_stage2_inputs: bool = False
     separate_stage2_decoder: bool = False
     detach_regression_inputs: bool = False
+    regression_input: str = "box_feature"
     box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     native_ops: bool = True
     loss: LossConfig = field(default_factory=LossConfig)
@@ -201,6 +205,7 @@ class ModelConfig:
             "vogn_variant": VOGN_VARIANTS,
             "vogn_weights": VOGN_WEIGHTS,
             "stage2_pooling": STAGE2_POOLINGS,
+            "regression_input": REGRESSION_INPUTS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -34,6 +34,8 @@ class MatchingHeads(nn.Module):
         cls_bias: initial bias of F_cls's output layer. Default 0. With ``s = s_hat * s_a`` a positive start
             makes every s_hat > 0 at first, so the untrained model follows the category prior instead of
             inverting it wherever s_hat happens to be negative (see docs/model.md "Sign handling").
+        regression_in_dim: width of the box input of F_reg; default ``hidden_dim`` (x_o). The pooled ResNet
+            feature is wider (``ModelConfig.regression_input="pooled"``).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class MatchingHeads(nn.Module):
         regression_hidden: int = 256,
         cls_hidden: int = 0,
         cls_bias: float = 0.0,
+        regression_in_dim: Optional[int] = None,
     ):
         super().__init__()
         if cls_hidden < 0:
@@ -58,7 +61,7 @@ class MatchingHeads(nn.Module):
         self.regression_uses_phrase = regression_uses_phrase
         if regression:
             self.reg_phrase = nn.Linear(hidden_dim, regression_hidden, bias=False) if regression_uses_phrase else None
-            self.reg_box = nn.Linear(hidden_dim, regression_hidden)
+            self.reg_box = nn.Linear(regression_in_dim or hidden_dim, regression_hidden)
             self.reg_out = nn.Linear(regression_hidden, 4)
             # Start from "no change": zero deltas keep the detector's boxes until regression learns.
             nn.init.normal_(self.reg_out.weight, std=0.001)
@@ -87,7 +90,7 @@ class MatchingHeads(nn.Module):
 
         Args:
             phrases (Tensor[B, P, d]): x_q.
-            boxes (Tensor[B, M, d] | Tensor[B, P, K, d]): x_o.
+            boxes (Tensor[B, M, d'] | Tensor[B, P, K, d']): x_o, or the pooled feature (d' = regression_in_dim).
 
         Returns:
             Tensor[B, P, M, 4] (or [B, P, K, 4]): R-CNN deltas, phrase-specific unless the phrase is dropped.

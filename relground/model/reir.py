@@ -151,7 +151,12 @@ class ReIR(nn.Module):
         self.phrase_encoder = PhraseEncoder(
             caption_vocab_size, cfg.word_dim, d, cfg.rnn_type, cfg.bidirectional, cfg.phrase_batchnorm
         )
-        heads = (d, cfg.box_regression, cfg.regression_uses_phrase, cfg.regression_hidden, cfg.cls_hidden, cfg.cls_bias)
+        self.regress_pooled = cfg.box_regression and cfg.regression_input == "pooled"
+        regression_in_dim = self.box_head.in_features if self.regress_pooled else d
+        heads = (
+            d, cfg.box_regression, cfg.regression_uses_phrase, cfg.regression_hidden, cfg.cls_hidden, cfg.cls_bias,
+            regression_in_dim,
+        )
         self.matching = MatchingHeads(*heads)
         # The authors share F_cls and F_reg between the stages; share_stage_heads=False gives stage 2 its own.
         self.matching_stage2 = MatchingHeads(*heads) if cfg.two_stage and not cfg.share_stage_heads else None
@@ -219,7 +224,8 @@ class ReIR(nn.Module):
 
         # Features.
         maps = self.backbone.image_maps(batch.images, sizes, image_ids)
-        x_o = self.box_head(self.backbone, maps, proposals, proposal_valid, sizes)  # [B, M, d]
+        x_o = self.box_head(self.backbone, maps, proposals, proposal_valid, sizes, return_pooled=self.regress_pooled)
+        x_o, reg_o = x_o if self.regress_pooled else (x_o, x_o)  # [B, M, d], what F_reg reads [B, M, d']
         x_q, sentence = self.phrase_encoder(batch.words, batch.word_lengths, batch.phrase_spans, phrase_valid)
 
         # Stage 1: coarse matching over all proposals.
@@ -227,7 +233,7 @@ class ReIR(nn.Module):
         _, att1, _ = prior_attention(logits1, prior, proposal_valid[:, None, :], cfg.score_fusion)
         att1 = att1 * phrase_valid[..., None]  # [B, P, M], zero rows for padding phrases
         z1 = torch.einsum("bpm,bmd->bpd", att1, x_o)  # z^c [B, P, d]
-        deltas1 = self.matching.deltas(*self._regression_inputs(x_q, x_o)) if cfg.box_regression else None
+        deltas1 = self.matching.deltas(*self._regression_inputs(x_q, reg_o)) if cfg.box_regression else None
 
         best1 = att1.argmax(-1)  # [B, P]
         proposals_per_phrase = proposals[:, None].expand(B, P, M, 4)
@@ -258,17 +264,22 @@ class ReIR(nn.Module):
             if repool:
                 x_k = self.box_head(  # normalised like the proposals (running statistics), see BoxHead
                     self.backbone, maps, refined_k.reshape(B, P * K, 4), slot_valid.reshape(B, P * K), sizes,
-                    running_stats=True,
-                ).reshape(B, P, K, -1)  # [B, P, K, d]
+                    running_stats=True, return_pooled=self.regress_pooled,
+                )
+                x_k, reg_k = x_k if self.regress_pooled else (x_k, x_k)
+                x_k, reg_k = x_k.reshape(B, P, K, -1), reg_k.reshape(B, P, K, -1)  # [B, P, K, d], [B, P, K, d']
                 stage2_boxes = refined_k
             else:  # the authors' warm-up: stage 2 reuses the unrefined top-K features
                 x_k = gather_topk(x_o, index) * slot_valid[..., None]
+                reg_k = gather_topk(reg_o, index) * slot_valid[..., None]
                 stage2_boxes = boxes_k
             x_q2 = x_q
             if cfg.detach_stage2_inputs:  # stage-2 losses then leave the encoder and box head to stage 1
-                x_q2, x_k, att1_k = x_q.detach(), x_k.detach(), att1_k.detach()
+                x_q2, x_k, att1_k, reg_k = x_q.detach(), x_k.detach(), att1_k.detach(), reg_k.detach()
             if self.graph is not None:
                 x_k = self.graph(x_k, att1_k, relation_adjacency(batch.relation_index, phrase_valid))
+            if not self.regress_pooled:
+                reg_k = x_k  # F_reg reads the graph-refined x'_k (authors)
 
             fine_heads = self.matching if self.matching_stage2 is None else self.matching_stage2
             logits2 = fine_heads.logits(x_q2, x_k)  # [B, P, K]
@@ -277,7 +288,7 @@ class ReIR(nn.Module):
             fused = att1_k * att2  # s = s^c * s^f as probabilities (never sign-flipped), not renormalised
             # z^f [B, P, d]: the authors pool with the fused attention; the paper (Sec. 3.3) with alpha^f alone.
             z2 = torch.einsum("bpk,bpkd->bpd", fused if cfg.stage2_pooling == "fused" else att2, x_k)
-            deltas2 = fine_heads.deltas(*self._regression_inputs(x_q2, x_k)) if cfg.box_regression else None
+            deltas2 = fine_heads.deltas(*self._regression_inputs(x_q2, reg_k)) if cfg.box_regression else None
 
             def predict(choice: Tensor) -> Tensor:  # [B, P] slot -> box with both stages' deltas
                 box = _pick(refined_k, choice)

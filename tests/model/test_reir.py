@@ -307,3 +307,28 @@ def test_isolation_options_keep_stage_two_and_regression_losses_off_the_stage_on
     assert shared.decoder_stage2 is None
     shared(make_batch(), iteration=10).losses["reg_s1"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in shared.box_head.parameters())
+
+
+def test_regression_can_read_the_pooled_box_feature_instead_of_x_o():
+    cfg = tiny_config("full", regression_input="pooled", spatial_feature=True, box_input_norm=True, cls_hidden=8)
+    model = build(cfg)
+    assert model.matching.reg_box.in_features == model.box_head.in_features == model.backbone.out_channels + 5
+    batch = make_batch()
+    out = model(batch, iteration=10)
+    assert out.boxes.shape == out.boxes_stage1.shape and torch.isfinite(out.boxes).all()
+    # A change of F_reg moves the refined boxes and leaves the matching's attention as it was.
+    model.eval()
+    before = model(batch, iteration=None, compute_losses=False)
+    with torch.no_grad():
+        model.matching.reg_box.weight.normal_(std=0.5)
+        model.matching.reg_out.weight.normal_(std=0.1)
+    after = model(batch, iteration=None, compute_losses=False)
+    model.train()
+    assert not torch.allclose(after.boxes_stage1, before.boxes_stage1)
+    torch.testing.assert_close(after.attention_stage1, before.attention_stage1)
+    model.zero_grad()
+    model(batch, iteration=10).losses["reg_s1"].backward()
+    assert model.matching.reg_box.weight.grad.abs().sum() > 0
+    assert model.matching.cls_box.weight.grad is None or model.matching.cls_box.weight.grad.abs().sum() == 0
+    with pytest.raises(ValueError, match="regression_input"):
+        tiny_config("full", regression_input="pixels")
