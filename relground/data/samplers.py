@@ -4,21 +4,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Optional
 
-import torch.distributed as dist
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
-
-
-def _initialised() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if _initialised() else 1
-
-
-def _rank() -> int:
-    return dist.get_rank() if _initialised() else 0
 
 
 class ResumableDistributedSampler(DistributedSampler):
@@ -49,8 +36,8 @@ class ResumableDistributedSampler(DistributedSampler):
     ) -> None:
         super().__init__(
             dataset,
-            num_replicas=_world_size() if num_replicas is None else num_replicas,
-            rank=_rank() if rank is None else rank,
+            num_replicas=num_replicas,  # None: torch takes both from the process group
+            rank=rank,
             shuffle=shuffle,
             seed=seed,
             drop_last=drop_last,
