@@ -7,7 +7,6 @@ one JSON object (``accuracy``, ``baseline_accuracy``, ``upper_bound``, ``point_i
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from pathlib import Path
@@ -44,19 +43,10 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-@contextlib.contextmanager
-def intra_op_threads(count: int):
-    """``torch.set_num_threads(count)`` for the block, the previous count restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def run_with_threads(args, body) -> int:
     """Validate ``--threads`` and run ``body(args)`` with that many torch intra-op threads."""
+    from relground.engine.trainer import intra_op_threads
+
     if args.threads <= 0:
         raise ValueError(f"--threads: must be positive, got {args.threads}")
     with intra_op_threads(args.threads):

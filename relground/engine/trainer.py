@@ -32,6 +32,7 @@ consumed in it) and hook states.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -122,6 +123,18 @@ def resolve_amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
     if amp == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return AMP_DTYPES[amp]
+
+
+@contextlib.contextmanager
+def intra_op_threads(count: int):
+    """``torch.set_num_threads(count)`` for the block (0 = leave it), the previous count restored afterwards."""
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def seed_all(seed: int) -> None:
@@ -550,32 +563,29 @@ def train(cfg: "Config", *, resume: bool = False, hooks: Sequence[HookBase] = ()
     if not resume and Checkpointer(output_dir / "checkpoints").latest() is not None:
         raise ValueError(f"output_dir {output_dir} already holds checkpoints; resume it (--resume) or choose another folder")
     device = resolve_device(cfg.train.device)
-    previous_threads = torch.get_num_threads()
-    if cfg.train.threads and device.type == "cpu":
-        torch.set_num_threads(cfg.train.threads)
-    du.init_distributed(device)
-    try:
-        seed_all(cfg.seed)  # identical initial weights on every rank
-        train_loader, model_args = build_train_loader(cfg)
-        model = build_model(cfg, model_args)
-        if du.is_main_process():
-            output_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, config_path)
-        trainer = Trainer(
-            model,
-            train_loader,
-            cfg.solver,
-            cfg.train,
-            output_dir,
-            device=device,
-            seed=cfg.seed,
-            checkpoint_extra={"config": to_dict(cfg), "model_args": model_args},
-        )
-        trainer.register_hooks(hooks)
-        trainer.resume_or_load(resume=resume)
-        result = trainer.train()
-        result["config"] = str(config_path)
-        return result
-    finally:
-        du.destroy_distributed()
-        torch.set_num_threads(previous_threads)
+    with intra_op_threads(cfg.train.threads if device.type == "cpu" else 0):
+        du.init_distributed(device)
+        try:
+            seed_all(cfg.seed)  # identical initial weights on every rank
+            train_loader, model_args = build_train_loader(cfg)
+            model = build_model(cfg, model_args)
+            if du.is_main_process():
+                output_dir.mkdir(parents=True, exist_ok=True)
+                save_config(cfg, config_path)
+            trainer = Trainer(
+                model,
+                train_loader,
+                cfg.solver,
+                cfg.train,
+                output_dir,
+                device=device,
+                seed=cfg.seed,
+                checkpoint_extra={"config": to_dict(cfg), "model_args": model_args},
+            )
+            trainer.register_hooks(hooks)
+            trainer.resume_or_load(resume=resume)
+            result = trainer.train()
+            result["config"] = str(config_path)
+            return result
+        finally:
+            du.destroy_distributed()

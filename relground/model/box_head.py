@@ -47,7 +47,6 @@ class BoxHead(nn.Module):
         self.spatial_feature = spatial_feature
         in_features = in_channels + (SPATIAL_DIM if spatial_feature else 0)
         self.input_norm = nn.BatchNorm1d(in_features, affine=False) if input_norm else None
-        self.in_features = in_features
         self.fc = nn.Linear(in_features, hidden_dim)
         self.norm = nn.BatchNorm1d(hidden_dim)
 

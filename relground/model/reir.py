@@ -152,7 +152,7 @@ class ReIR(nn.Module):
             caption_vocab_size, cfg.word_dim, d, cfg.rnn_type, cfg.bidirectional, cfg.phrase_batchnorm
         )
         self.regress_pooled = cfg.box_regression and cfg.regression_input == "pooled"
-        regression_in_dim = self.box_head.in_features if self.regress_pooled else d
+        regression_in_dim = self.box_head.fc.in_features if self.regress_pooled else d
         heads = (
             d, cfg.box_regression, cfg.regression_uses_phrase, cfg.regression_hidden, cfg.cls_hidden, cfg.cls_bias,
             regression_in_dim,
@@ -179,6 +179,15 @@ class ReIR(nn.Module):
             self.register_buffer("relation_weights", weights)
         else:
             self.relation_weights = None
+
+    def _embed_boxes(
+        self, maps: Tensor, boxes: Tensor, valid: Tensor, sizes: Tensor, running_stats: bool = False
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """x_o of ``boxes`` [B, X, d], and the pooled feature [B, X, d'] when F_reg reads it (else None)."""
+        out = self.box_head(
+            self.backbone, maps, boxes, valid, sizes, running_stats=running_stats, return_pooled=self.regress_pooled
+        )
+        return out if self.regress_pooled else (out, None)
 
     def _regression_inputs(self, phrases: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
         """What F_reg reads: x_q and the box features, detached with ``cfg.detach_regression_inputs``."""
@@ -224,8 +233,7 @@ class ReIR(nn.Module):
 
         # Features.
         maps = self.backbone.image_maps(batch.images, sizes, image_ids)
-        x_o = self.box_head(self.backbone, maps, proposals, proposal_valid, sizes, return_pooled=self.regress_pooled)
-        x_o, reg_o = x_o if self.regress_pooled else (x_o, x_o)  # [B, M, d], what F_reg reads [B, M, d']
+        x_o, pooled_o = self._embed_boxes(maps, proposals, proposal_valid, sizes)  # [B, M, d], [B, M, d'] | None
         x_q, sentence = self.phrase_encoder(batch.words, batch.word_lengths, batch.phrase_spans, phrase_valid)
 
         # Stage 1: coarse matching over all proposals.
@@ -233,6 +241,7 @@ class ReIR(nn.Module):
         _, att1, _ = prior_attention(logits1, prior, proposal_valid[:, None, :], cfg.score_fusion)
         att1 = att1 * phrase_valid[..., None]  # [B, P, M], zero rows for padding phrases
         z1 = torch.einsum("bpm,bmd->bpd", att1, x_o)  # z^c [B, P, d]
+        reg_o = x_o if pooled_o is None else pooled_o
         deltas1 = self.matching.deltas(*self._regression_inputs(x_q, reg_o)) if cfg.box_regression else None
 
         best1 = att1.argmax(-1)  # [B, P]
@@ -261,25 +270,24 @@ class ReIR(nn.Module):
             if deltas1 is not None:
                 refined_k = self.box_decoder(gather_topk(deltas1, index, per_phrase=True), boxes_k, sizes).detach()
             repool = cfg.box_regression and (iteration is None or iteration >= cfg.refine_start_iteration)
-            if repool:
-                x_k = self.box_head(  # normalised like the proposals (running statistics), see BoxHead
-                    self.backbone, maps, refined_k.reshape(B, P * K, 4), slot_valid.reshape(B, P * K), sizes,
-                    running_stats=True, return_pooled=self.regress_pooled,
+            if repool:  # normalised like the proposals (running statistics), see BoxHead
+                x_k, pooled_k = self._embed_boxes(
+                    maps, refined_k.reshape(B, P * K, 4), slot_valid.reshape(B, P * K), sizes, running_stats=True
                 )
-                x_k, reg_k = x_k if self.regress_pooled else (x_k, x_k)
-                x_k, reg_k = x_k.reshape(B, P, K, -1), reg_k.reshape(B, P, K, -1)  # [B, P, K, d], [B, P, K, d']
+                x_k = x_k.reshape(B, P, K, -1)  # [B, P, K, d]
+                pooled_k = None if pooled_k is None else pooled_k.reshape(B, P, K, -1)  # [B, P, K, d']
                 stage2_boxes = refined_k
             else:  # the authors' warm-up: stage 2 reuses the unrefined top-K features
                 x_k = gather_topk(x_o, index) * slot_valid[..., None]
-                reg_k = gather_topk(reg_o, index) * slot_valid[..., None]
+                pooled_k = None if pooled_o is None else gather_topk(pooled_o, index) * slot_valid[..., None]
                 stage2_boxes = boxes_k
             x_q2 = x_q
             if cfg.detach_stage2_inputs:  # stage-2 losses then leave the encoder and box head to stage 1
-                x_q2, x_k, att1_k, reg_k = x_q.detach(), x_k.detach(), att1_k.detach(), reg_k.detach()
+                x_q2, x_k, att1_k = x_q.detach(), x_k.detach(), att1_k.detach()
+                pooled_k = None if pooled_k is None else pooled_k.detach()
             if self.graph is not None:
                 x_k = self.graph(x_k, att1_k, relation_adjacency(batch.relation_index, phrase_valid))
-            if not self.regress_pooled:
-                reg_k = x_k  # F_reg reads the graph-refined x'_k (authors)
+            reg_k = x_k if pooled_k is None else pooled_k  # the authors' F_reg reads the graph-refined x'_k
 
             fine_heads = self.matching if self.matching_stage2 is None else self.matching_stage2
             logits2 = fine_heads.logits(x_q2, x_k)  # [B, P, K]

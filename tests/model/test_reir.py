@@ -312,7 +312,7 @@ def test_isolation_options_keep_stage_two_and_regression_losses_off_the_stage_on
 def test_regression_can_read_the_pooled_box_feature_instead_of_x_o():
     cfg = tiny_config("full", regression_input="pooled", spatial_feature=True, box_input_norm=True, cls_hidden=8)
     model = build(cfg)
-    assert model.matching.reg_box.in_features == model.box_head.in_features == model.backbone.out_channels + 5
+    assert model.matching.reg_box.in_features == model.box_head.fc.in_features == model.backbone.out_channels + 5
     batch = make_batch()
     out = model(batch, iteration=10)
     assert out.boxes.shape == out.boxes_stage1.shape and torch.isfinite(out.boxes).all()
