@@ -15,7 +15,7 @@ import glob
 import os
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_HOME = "/usr/local/cuda-13.0"
@@ -82,6 +82,11 @@ def make_extension():
 
 
 setup(
+    # The YAML configs ship inside the package as relground.configs (read by relground.config.find_config), so
+    # `relground demo` and `--config synthetic.yaml` work from a wheel as from the checkout.
+    packages=find_packages(include=["relground", "relground.*"]) + ["relground.configs"],
+    package_dir={"relground.configs": "configs"},
+    package_data={"relground.configs": ["*.yaml"]},
     # scripts/setup.sh builds the extension in place first (incremental, ./build) and then registers the
     # editable package with RELGROUND_SKIP_EXT=1, so that a re-run does not recompile everything.
     ext_modules=[] if _flag("RELGROUND_SKIP_EXT") else [make_extension()],

@@ -391,7 +391,7 @@ def _chosen_proposals(out) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 # Synthetic experiments (``relground demo`` / ``relground ablation``)
 
-SYNTHETIC_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
+SYNTHETIC_CONFIG = "synthetic.yaml"  # shipped config (relground.config.find_config)
 SYNTHETIC_RELATION_MIN_FREQ = 5  # relation texts seen more than this often in train become categories
 
 
@@ -473,11 +473,12 @@ def synthetic_config(
     """
     import dataclasses
 
-    from relground.config import apply_overrides, load_config
+    from relground.config import apply_overrides, find_config, load_config
 
-    path = Path(config) if config is not None else SYNTHETIC_CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"--config: config file not found: {path}")
+    try:
+        path = find_config(config if config is not None else SYNTHETIC_CONFIG)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"--config: {exc}") from None
     cfg = load_config(path, [f"data.root={data_root}", f"output_dir={output_dir}", f"seed={seed}"])
     if iterations is not None:
         if iterations <= 0:

@@ -359,6 +359,32 @@ def merge_dicts(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str,
     return merged
 
 
+def shipped_config_dirs() -> list[Path]:
+    """Where the configs relground ships live: ``relground/configs`` in an installed wheel, ``configs/`` beside
+    the package in a checkout (or an editable install)."""
+    package = Path(__file__).resolve().parent
+    return [d for d in (package / "configs", package.parent / "configs") if d.is_dir()]
+
+
+def find_config(path: str | os.PathLike) -> Path:
+    """``path`` if it is a file, else the shipped config of that file name (``synthetic.yaml``,
+    ``configs/flickr30k_reir.yaml`` from any working directory).
+
+    Raises:
+        FileNotFoundError: neither exists; the message lists the shipped configs.
+    """
+    given = Path(path)
+    if given.is_file():
+        return given
+    dirs = shipped_config_dirs()
+    for directory in dirs:
+        candidate = directory / given.name
+        if candidate.is_file():
+            return candidate
+    shipped = sorted({p.name for d in dirs for p in d.glob("*.yaml")})
+    raise FileNotFoundError(f"config file not found: {path} (not a file; shipped configs: {', '.join(shipped) or 'none'})")
+
+
 def load_yaml_tree(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML config file into a mapping, resolving ``_base_`` files (relative to the including file).
 
@@ -388,7 +414,8 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
     """Read a YAML file (or start from defaults when ``path`` is None), apply overrides, return the frozen config.
 
     Args:
-        path: YAML file; keys not given keep the dataclass defaults.
+        path: YAML file, or the name of a shipped config (:func:`find_config`); keys not given keep the
+            dataclass defaults.
         overrides: ``"key=value"`` strings applied after the file (later ones win).
         cls: the root dataclass (default :class:`Config`).
 
@@ -396,6 +423,8 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
         FileNotFoundError: ``path`` does not exist.
         ValueError: unknown key, wrong type, or an invalid value (naming the file and the key).
     """
+    if path is not None:
+        path = find_config(path)
     tree = load_yaml_tree(path) if path is not None else {}
     cfg = from_dict(cls, tree, source=str(path) if path is not None else "")
     return apply_overrides(cfg, overrides) if overrides else cfg

@@ -63,7 +63,7 @@ def register(subparsers) -> None:
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic benchmark (default 0)")
     p.add_argument("--rows", default=",".join(ROWS),
                    help=f"comma-separated rows to run (default all: {','.join(ROWS)})")
-    p.add_argument("--config", default=None, help="base config (default: configs/synthetic.yaml of the checkout)")
+    p.add_argument("--config", default=None, help="base config: a YAML file or a shipped config name (default: synthetic.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every run, repeatable")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,

@@ -34,7 +34,7 @@ def register(subparsers) -> None:
                    help=f"training iterations per model (default {DEFAULT_ITERATIONS})")
     p.add_argument("--seed", type=int, default=0, help="seed of the benchmark and of training (default 0)")
     p.add_argument("--examples", type=int, default=DEFAULT_EXAMPLES, help="test images to draw (default 4)")
-    p.add_argument("--config", default=None, help="base config (default: configs/synthetic.yaml of the checkout)")
+    p.add_argument("--config", default=None, help="base config: a YAML file or a shipped config name (default: synthetic.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for both models, repeatable")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,

@@ -40,11 +40,21 @@ class BoxHead(nn.Module):
             on or off for nearly every box (median per-unit std / |mean| 0.6 on the synthetic benchmark) and,
             at a high learning rate, most stay off for good (80% of the units were never active after 800
             steps at lr 0.2). Centred inputs make every unit vary from box to box. Authors: no input norm.
+        spatial_scale: factor on the spatial columns (after the input norm), so that the geometry is not 5
+            equal voices among hundreds of channels. Default 1.
     """
 
-    def __init__(self, in_channels: int, hidden_dim: int, spatial_feature: bool = False, input_norm: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_dim: int,
+        spatial_feature: bool = False,
+        input_norm: bool = False,
+        spatial_scale: float = 1.0,
+    ):
         super().__init__()
         self.spatial_feature = spatial_feature
+        self.spatial_scale = spatial_scale
         in_features = in_channels + (SPATIAL_DIM if spatial_feature else 0)
         self.input_norm = nn.BatchNorm1d(in_features, affine=False) if input_norm else None
         self.fc = nn.Linear(in_features, hidden_dim)
@@ -85,6 +95,10 @@ class BoxHead(nn.Module):
         if self.input_norm is not None:
             every_row = torch.ones(pooled.shape[0], dtype=torch.bool, device=pooled.device)
             pooled = masked_batch_norm(self.input_norm, pooled, every_row, running_stats)
+        if self.spatial_feature and self.spatial_scale != 1.0:
+            scale = pooled.new_ones(pooled.shape[1])
+            scale[-SPATIAL_DIM:] = self.spatial_scale
+            pooled = pooled * scale
         hidden = torch.relu(self.fc(pooled))  # [N, d]
         full = hidden.new_zeros((B, X, hidden.shape[1]))
         full[batch_index, box_index] = hidden

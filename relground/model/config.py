@@ -101,6 +101,8 @@ class ModelConfig:
         roi_output_size: RoIAlign grid P. Default 7.
         roi_sampling_ratio: RoIAlign samples per bin side. Default 2.
         spatial_feature: append (x1/W, y1/H, x2/W, y2/H, area/(WH)) to each box feature (paper Sec. 3.2.1).
+        spatial_scale: factor on those 5 columns (after ``box_input_norm``) before the Linear layer. At 1 they
+            are 5 of ~517 equally scaled inputs, so x_o keeps little of where the box is. Default 1.
         box_input_norm: standardise the pooled box feature per channel before the box head's Linear layer
             (see :class:`relground.model.box_head.BoxHead`). Authors: off.
         cache_features: keep the frozen backbone's map per ``meta['image_id']`` (needs a frozen backbone and no
@@ -159,6 +161,7 @@ class ModelConfig:
     roi_output_size: int = 7
     roi_sampling_ratio: int = 2
     spatial_feature: bool = False
+    spatial_scale: float = 1.0
     box_input_norm: bool = False
     cache_features: bool = False
     cache_max_images: int = 4096
@@ -213,6 +216,8 @@ class ModelConfig:
         for name in ("hidden_dim", "word_dim", "top_k", "roi_output_size", "vogn_dim", "ranking_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.spatial_scale > 0:
+            raise ValueError(f"model.spatial_scale must be > 0, got {self.spatial_scale}")
         if self.cls_hidden < 0:
             raise ValueError(f"model.cls_hidden must be >= 0, got {self.cls_hidden}")
         if self.bidirectional and self.hidden_dim % 2:

@@ -147,7 +147,9 @@ class ReIR(nn.Module):
             channels_last=cfg.channels_last,
             cache_max_images=cfg.cache_max_images if cfg.cache_features else 0,
         )
-        self.box_head = BoxHead(self.backbone.out_channels, d, cfg.spatial_feature, cfg.box_input_norm)
+        self.box_head = BoxHead(
+            self.backbone.out_channels, d, cfg.spatial_feature, cfg.box_input_norm, cfg.spatial_scale
+        )
         self.phrase_encoder = PhraseEncoder(
             caption_vocab_size, cfg.word_dim, d, cfg.rnn_type, cfg.bidirectional, cfg.phrase_batchnorm
         )

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from relground.cli.main import main as cli_main
-from relground.config import Config, apply_overrides, from_dict, load_config, parse_value, save_config, to_dict, valid_keys
+from relground.config import Config, apply_overrides, find_config, from_dict, load_config, parse_value, save_config, to_dict, valid_keys
 from relground.engine.checkpoint import Checkpointer
 from tests.utils import REPO
 
@@ -118,6 +118,31 @@ def test_yaml_load_with_base_inheritance_and_file_errors(tmp_path):
     cycle = _write(tmp_path / "cycle.yaml", {"_base_": "cycle.yaml"})
     with pytest.raises(ValueError, match="_base_ cycle"):
         load_config(cycle)
+
+
+def test_shipped_configs_are_found_by_name_from_any_directory_and_packaged(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside the checkout: "configs/..." is no relative path here
+    assert find_config("synthetic.yaml") == (REPO / "configs" / "synthetic.yaml").resolve()
+    assert find_config("configs/flickr30k_reir.yaml").name == "flickr30k_reir.yaml"
+    assert load_config("referit_reir.yaml").solver.max_iter == load_config(REPO / "configs" / "referit_reir.yaml").solver.max_iter
+    own = _write(tmp_path / "synthetic.yaml", {"seed": 123})  # a file that exists wins over the shipped one
+    assert find_config("synthetic.yaml") == own.relative_to(tmp_path) and load_config("synthetic.yaml").seed == 123
+    with pytest.raises(FileNotFoundError, match=r"nope.yaml.*shipped configs: flickr30k_reir.yaml, referit_reir.yaml, synthetic.yaml"):
+        find_config("nope.yaml")
+
+
+@pytest.mark.slow
+def test_a_built_package_carries_the_configs(tmp_path):
+    """What a wheel holds: ``setup.py build_py`` copies configs/*.yaml to relground/configs/."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, RELGROUND_SKIP_EXT="1", FORCE_ONLY_CPU="1")
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "-d", str(tmp_path)], cwd=REPO, env=env, check=True,
+                   capture_output=True)
+    shipped = sorted(p.name for p in (tmp_path / "relground" / "configs").glob("*.yaml"))
+    assert shipped == sorted(p.name for p in (REPO / "configs").glob("*.yaml")) and "synthetic.yaml" in shipped
 
 
 def test_config_is_frozen_and_round_trips_through_yaml(tmp_path):

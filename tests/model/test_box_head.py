@@ -64,3 +64,22 @@ def test_box_input_norm_standardises_pooled_features_per_channel_before_the_line
     before = head.input_norm.running_mean.clone()
     head(backbone, maps, boxes, valid, sizes, running_stats=True)
     torch.testing.assert_close(head.input_norm.running_mean, before)
+
+
+def test_spatial_scale_multiplies_only_the_geometry_columns_of_the_linear_input():
+    torch.manual_seed(0)
+    from relground.ops._reference import _roi_align_avg_reference
+
+    backbone = ResNetBackbone("resnet10", box_head="fast", roi_align_avg=_roi_align_avg_reference)
+    head = BoxHead(backbone.out_channels, 16, spatial_feature=True, spatial_scale=10.0).eval()
+    images = torch.randn(1, 3, 64, 64)
+    sizes = torch.tensor([[64, 64]])
+    boxes = torch.tensor([[[4.0, 6.0, 50.0, 40.0], [20.0, 10.0, 60.0, 60.0]]])
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    maps = backbone.image_maps(images, sizes)
+    _, pooled = head(backbone, maps, boxes, valid, sizes, return_pooled=True)
+    rois = torch.cat((torch.zeros(2, 1), boxes[0]), dim=1)
+    with torch.no_grad():
+        conv = torchvision.ops.roi_align(maps, rois, 7, 1 / 16, 2, aligned=True).mean((2, 3))
+    torch.testing.assert_close(pooled[0, :, :-5], conv, atol=1e-5, rtol=1e-4)  # appearance columns untouched
+    torch.testing.assert_close(pooled[0, :, -5:], 10.0 * spatial_features(boxes, sizes)[0])
