@@ -344,6 +344,62 @@ class ResNetBackbone(nn.Module):
                 crops = crops.contiguous(memory_format=torch.channels_last)
             return self.layer4(crops).mean((2, 3))  # [N, C4, 7, 7] -> [N, C5, 7, 7] -> [N, C5]
 
+    def box_grid_features(self, maps: Tensor, rois: Tensor, grid: int) -> Tensor:
+        """Layer4 features of boxes averaged over each cell of a ``grid`` x ``grid`` split of the box, so they
+        keep where inside the box the activations sit.
+
+        The fast head pools each cell as a box of its own with the fused RoIAlign+mean op (ceil(P / grid) bins
+        per side); the faithful head splits the P x P layer4 output of the box by adaptive average pooling.
+
+        Args:
+            maps (Tensor[B, C, h, w]): from :meth:`image_maps`.
+            rois (Tensor[N, 5]): (batch index, x1, y1, x2, y2) in resized-image pixels.
+            grid: cells per side (1 = :meth:`box_features`).
+
+        Returns:
+            Tensor[N, C5 * grid * grid]: channel-major (per channel, cells in row-major order).
+        """
+        scale = 1.0 / C4_STRIDE
+        rois = rois.to(maps.dtype)
+        n = rois.shape[0]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            if n == 0:
+                return maps.new_zeros((0, self.out_channels * grid * grid))
+            if self.box_head == "fast":
+                bins = -(-self.output_size // grid)
+                cells = grid_cells(rois, grid)  # [N * g * g, 5]
+                pooled = self.roi_align_avg(maps, cells, bins, scale, self.sampling_ratio, True)  # [N g g, C5]
+                return pooled.reshape(n, grid * grid, -1).transpose(1, 2).flatten(1)
+            crops = torchvision.ops.roi_align(maps, rois, self.output_size, scale, self.sampling_ratio, aligned=True)
+            return nn.functional.adaptive_avg_pool2d(self.layer4(crops), grid).flatten(1)  # [N, C5 g g]
+
+
+def grid_cells(rois: Tensor, grid: int) -> Tensor:
+    """The ``grid`` x ``grid`` cells of each box, row-major, as RoIs.
+
+    Args:
+        rois (Tensor[N, 5]): (batch index, x1, y1, x2, y2).
+
+    Returns:
+        Tensor[N * grid * grid, 5]: cell (r, c) of box i at row ``i * grid * grid + r * grid + c``.
+    """
+    index, x1, y1, x2, y2 = rois.unbind(1)
+    steps = torch.arange(grid + 1, dtype=rois.dtype, device=rois.device) / grid  # [g + 1]
+    xs = x1[:, None] + (x2 - x1)[:, None] * steps  # [N, g + 1]
+    ys = y1[:, None] + (y2 - y1)[:, None] * steps
+    n = rois.shape[0]
+    cells = torch.stack(
+        (
+            index[:, None, None].expand(n, grid, grid),
+            xs[:, None, :-1].expand(n, grid, grid),
+            ys[:, :-1, None].expand(n, grid, grid),
+            xs[:, None, 1:].expand(n, grid, grid),
+            ys[:, 1:, None].expand(n, grid, grid),
+        ),
+        dim=-1,
+    )  # [N, g (rows), g (columns), 5]
+    return cells.reshape(-1, 5)
+
 
 def _out_channels(layer: nn.Sequential) -> int:
     last = layer[-1]

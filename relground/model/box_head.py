@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
@@ -42,6 +44,9 @@ class BoxHead(nn.Module):
             steps at lr 0.2). Centred inputs make every unit vary from box to box. Authors: no input norm.
         spatial_scale: factor on the spatial columns (after the input norm), so that the geometry is not 5
             equal voices among hundreds of channels. Default 1.
+        regression_grid: 0 = the ``return_pooled`` feature is the Linear layer's input; g > 0 = it is the
+            box's layer4 features on a g x g grid (:meth:`ResNetBackbone.box_grid_features`) plus the same
+            geometry, standardised by its own BatchNorm when ``input_norm``. Default 0.
     """
 
     def __init__(
@@ -51,14 +56,38 @@ class BoxHead(nn.Module):
         spatial_feature: bool = False,
         input_norm: bool = False,
         spatial_scale: float = 1.0,
+        regression_grid: int = 0,
     ):
         super().__init__()
+        if regression_grid < 0:
+            raise ValueError(f"model.regression_grid must be >= 0, got {regression_grid}")
         self.spatial_feature = spatial_feature
         self.spatial_scale = spatial_scale
+        self.regression_grid = regression_grid
         in_features = in_channels + (SPATIAL_DIM if spatial_feature else 0)
         self.input_norm = nn.BatchNorm1d(in_features, affine=False) if input_norm else None
         self.fc = nn.Linear(in_features, hidden_dim)
         self.norm = nn.BatchNorm1d(hidden_dim)
+        self.grid_features = in_channels * regression_grid**2 + (SPATIAL_DIM if spatial_feature else 0)
+        self.grid_norm = nn.BatchNorm1d(self.grid_features, affine=False) if input_norm and regression_grid else None
+
+    @property
+    def pooled_features(self) -> int:
+        """Width of the ``return_pooled`` feature."""
+        return self.grid_features if self.regression_grid else self.fc.in_features
+
+    def _with_geometry(self, pooled: Tensor, geometry: Optional[Tensor], norm: Optional[nn.Module], running_stats: bool) -> Tensor:
+        """[pooled, geometry] standardised by ``norm``, the geometry columns then scaled by ``spatial_scale``."""
+        if geometry is not None:
+            pooled = torch.cat((pooled, geometry.to(pooled.dtype)), dim=1)
+        if norm is not None:
+            every_row = torch.ones(pooled.shape[0], dtype=torch.bool, device=pooled.device)
+            pooled = masked_batch_norm(norm, pooled, every_row, running_stats)
+        if geometry is not None and self.spatial_scale != 1.0:
+            scale = pooled.new_ones(pooled.shape[1])
+            scale[-SPATIAL_DIM:] = self.spatial_scale
+            pooled = pooled * scale
+        return pooled
 
     def forward(
         self,
@@ -88,23 +117,18 @@ class BoxHead(nn.Module):
         B, X, _ = boxes.shape
         batch_index, box_index = valid.nonzero(as_tuple=True)  # [N] each
         rois = torch.cat((batch_index[:, None].to(boxes.dtype), boxes[batch_index, box_index]), dim=1)  # [N, 5]
-        pooled = backbone.box_features(maps, rois.detach())  # [N, C5]; RoIAlign has no gradient w.r.t. boxes
-        if self.spatial_feature:
-            geometry = spatial_features(boxes, image_sizes)[batch_index, box_index]  # [N, 5]
-            pooled = torch.cat((pooled, geometry.to(pooled.dtype)), dim=1)
-        if self.input_norm is not None:
-            every_row = torch.ones(pooled.shape[0], dtype=torch.bool, device=pooled.device)
-            pooled = masked_batch_norm(self.input_norm, pooled, every_row, running_stats)
-        if self.spatial_feature and self.spatial_scale != 1.0:
-            scale = pooled.new_ones(pooled.shape[1])
-            scale[-SPATIAL_DIM:] = self.spatial_scale
-            pooled = pooled * scale
+        rois = rois.detach()  # RoIAlign has no gradient w.r.t. boxes
+        geometry = spatial_features(boxes, image_sizes)[batch_index, box_index] if self.spatial_feature else None
+        pooled = self._with_geometry(backbone.box_features(maps, rois), geometry, self.input_norm, running_stats)
         hidden = torch.relu(self.fc(pooled))  # [N, d]
         full = hidden.new_zeros((B, X, hidden.shape[1]))
         full[batch_index, box_index] = hidden
         features = masked_batch_norm(self.norm, full, valid, running_stats)  # BatchNorm over the real boxes only
         if not return_pooled:
             return features
+        if self.regression_grid:
+            grid = backbone.box_grid_features(maps, rois, self.regression_grid)  # [N, C5 g g]
+            pooled = self._with_geometry(grid, geometry, self.grid_norm, running_stats)
         pooled_full = pooled.new_zeros((B, X, pooled.shape[1]))
         pooled_full[batch_index, box_index] = pooled
         return features, pooled_full

@@ -24,7 +24,7 @@ VOGN_VARIANTS = ("authors", "paper")
 VOGN_WEIGHTS = ("attention", "uniform")
 STAGE2_POOLINGS = ("fused", "fine")
 RANKING_FORMS = ("hinge", "contrastive")
-REGRESSION_INPUTS = ("box_feature", "pooled")
+REGRESSION_INPUTS = ("box_feature", "pooled", "grid")
 
 
 @dataclass(frozen=True)
@@ -142,8 +142,11 @@ class ModelConfig:
             and the shared decoders, not the encoder and box head that stage 1 scores with.
         separate_stage2_decoder: stage 2 reconstructs with its own phrase decoder (False = one decoder for both
             stages, authors), so rec_s2 cannot retune the decoder that stage 1's attention learns from.
-        regression_input: what F_reg reads of a box: ``box_feature`` (x_o, authors) or ``pooled`` (the box head's
-            input: pooled ResNet feature + geometry, before the d-wide bottleneck that the matching trains).
+        regression_input: what F_reg reads of a box: ``box_feature`` (x_o, authors), ``pooled`` (the box head's
+            input: pooled ResNet feature + geometry, before the d-wide bottleneck that the matching trains) or
+            ``grid`` (the layer4 features on a ``regression_grid`` x ``regression_grid`` grid + geometry: where in
+            the box the object sits, which a box average loses).
+        regression_grid: cells per side for ``regression_input: grid``. Default 2.
         detach_regression_inputs: F_reg reads x_q and the box features without gradient (False = authors), so the
             regression loss trains F_reg only and leaves the features the matching ranks boxes with.
         cls_bias: initial bias of F_cls's output. Authors: 0 (PyTorch default init). A positive start makes the
@@ -192,6 +195,7 @@ class ModelConfig:
     separate_stage2_decoder: bool = False
     detach_regression_inputs: bool = False
     regression_input: str = "box_feature"
+    regression_grid: int = 2
     box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     native_ops: bool = True
     loss: LossConfig = field(default_factory=LossConfig)
@@ -216,6 +220,8 @@ class ModelConfig:
         for name in ("hidden_dim", "word_dim", "top_k", "roi_output_size", "vogn_dim", "ranking_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.regression_grid < 1:
+            raise ValueError(f"model.regression_grid must be >= 1, got {self.regression_grid}")
         if not self.spatial_scale > 0:
             raise ValueError(f"model.spatial_scale must be > 0, got {self.spatial_scale}")
         if self.cls_hidden < 0:

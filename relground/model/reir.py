@@ -148,13 +148,14 @@ class ReIR(nn.Module):
             cache_max_images=cfg.cache_max_images if cfg.cache_features else 0,
         )
         self.box_head = BoxHead(
-            self.backbone.out_channels, d, cfg.spatial_feature, cfg.box_input_norm, cfg.spatial_scale
+            self.backbone.out_channels, d, cfg.spatial_feature, cfg.box_input_norm, cfg.spatial_scale,
+            regression_grid=cfg.regression_grid if cfg.box_regression and cfg.regression_input == "grid" else 0,
         )
         self.phrase_encoder = PhraseEncoder(
             caption_vocab_size, cfg.word_dim, d, cfg.rnn_type, cfg.bidirectional, cfg.phrase_batchnorm
         )
-        self.regress_pooled = cfg.box_regression and cfg.regression_input == "pooled"
-        regression_in_dim = self.box_head.fc.in_features if self.regress_pooled else d
+        self.regress_pooled = cfg.box_regression and cfg.regression_input in ("pooled", "grid")
+        regression_in_dim = self.box_head.pooled_features if self.regress_pooled else d
         heads = (
             d, cfg.box_regression, cfg.regression_uses_phrase, cfg.regression_hidden, cfg.cls_hidden, cfg.cls_bias,
             regression_in_dim,

@@ -83,3 +83,33 @@ def test_spatial_scale_multiplies_only_the_geometry_columns_of_the_linear_input(
         conv = torchvision.ops.roi_align(maps, rois, 7, 1 / 16, 2, aligned=True).mean((2, 3))
     torch.testing.assert_close(pooled[0, :, :-5], conv, atol=1e-5, rtol=1e-4)  # appearance columns untouched
     torch.testing.assert_close(pooled[0, :, -5:], 10.0 * spatial_features(boxes, sizes)[0])
+
+
+def test_regression_grid_returns_layer4_features_per_grid_cell_with_geometry():
+    torch.manual_seed(0)
+    from relground.ops._reference import _roi_align_avg_reference
+
+    backbone = ResNetBackbone("resnet10", box_head="fast", roi_align_avg=_roi_align_avg_reference)
+    head = BoxHead(backbone.out_channels, 16, spatial_feature=True, regression_grid=2).eval()
+    assert head.pooled_features == backbone.out_channels * 4 + 5
+    images = torch.randn(1, 3, 64, 64)
+    sizes = torch.tensor([[64, 64]])
+    boxes = torch.tensor([[[4.0, 6.0, 50.0, 40.0], [20.0, 10.0, 60.0, 60.0], [0, 0, 1, 1.0]]])
+    valid = torch.tensor([[True, True, False]])
+    maps = backbone.image_maps(images, sizes)
+    features, pooled = head(backbone, maps, boxes, valid, sizes, return_pooled=True)
+    cells = []  # each quadrant pooled as a box of its own (4 x 4 bins = ceil(7 / 2)), row-major
+    for x1, y1, x2, y2 in boxes[0, :2].tolist():
+        xm, ym = (x1 + x2) / 2, (y1 + y2) / 2
+        quads = [[y1, ym, x1, xm], [y1, ym, xm, x2], [ym, y2, x1, xm], [ym, y2, xm, x2]]
+        rois = torch.tensor([[0.0, a, b, c, d] for b, d, a, c in quads])  # (index, x1, y1, x2, y2)
+        with torch.no_grad():
+            cells.append(torchvision.ops.roi_align(maps, rois, 4, 1 / 16, 2, aligned=True).mean((2, 3)).T.flatten())
+    cells = torch.stack(cells)  # [2, C * 4], channel-major
+    torch.testing.assert_close(pooled[0, :2, :-5], cells, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(pooled[0, :2, -5:], spatial_features(boxes, sizes)[0, :2])
+    assert pooled[0, 2].abs().sum() == 0 and features.shape == (1, 3, 16)  # padding stays zero
+    # The matching feature is unchanged by the option.
+    plain = BoxHead(backbone.out_channels, 16, spatial_feature=True).eval()
+    plain.load_state_dict(head.state_dict(), strict=False)
+    torch.testing.assert_close(plain(backbone, maps, boxes, valid, sizes), features)

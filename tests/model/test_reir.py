@@ -309,10 +309,14 @@ def test_isolation_options_keep_stage_two_and_regression_losses_off_the_stage_on
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in shared.box_head.parameters())
 
 
-def test_regression_can_read_the_pooled_box_feature_instead_of_x_o():
-    cfg = tiny_config("full", regression_input="pooled", spatial_feature=True, box_input_norm=True, cls_hidden=8)
+@pytest.mark.parametrize("regression_input, cells", [("pooled", 1), ("grid", 4)])
+def test_regression_can_read_the_pooled_box_feature_instead_of_x_o(regression_input, cells):
+    cfg = tiny_config(
+        "full", regression_input=regression_input, spatial_feature=True, box_input_norm=True, cls_hidden=8
+    )
     model = build(cfg)
-    assert model.matching.reg_box.in_features == model.box_head.fc.in_features == model.backbone.out_channels + 5
+    assert model.matching.reg_box.in_features == model.backbone.out_channels * cells + 5
+    assert model.box_head.fc.in_features == model.backbone.out_channels + 5  # the matching's input is unchanged
     batch = make_batch()
     out = model(batch, iteration=10)
     assert out.boxes.shape == out.boxes_stage1.shape and torch.isfinite(out.boxes).all()
@@ -332,3 +336,5 @@ def test_regression_can_read_the_pooled_box_feature_instead_of_x_o():
     assert model.matching.cls_box.weight.grad is None or model.matching.cls_box.weight.grad.abs().sum() == 0
     with pytest.raises(ValueError, match="regression_input"):
         tiny_config("full", regression_input="pixels")
+    with pytest.raises(ValueError, match="regression_grid"):
+        tiny_config("full", regression_input="grid", regression_grid=0)
