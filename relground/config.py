@@ -382,7 +382,8 @@ def find_config(path: str | os.PathLike) -> Path:
         if candidate.is_file():
             return candidate
     shipped = sorted({p.name for d in dirs for p in d.glob("*.yaml")})
-    raise FileNotFoundError(f"config file not found: {path} (not a file; shipped configs: {', '.join(shipped) or 'none'})")
+    listed = ", ".join(shipped) or "none"
+    raise FileNotFoundError(f"config file not found: {path} (not a file; shipped configs: {listed})")
 
 
 def load_yaml_tree(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:

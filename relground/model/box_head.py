@@ -76,7 +76,9 @@ class BoxHead(nn.Module):
         """Width of the ``return_pooled`` feature."""
         return self.grid_features if self.regression_grid else self.fc.in_features
 
-    def _with_geometry(self, pooled: Tensor, geometry: Optional[Tensor], norm: Optional[nn.Module], running_stats: bool) -> Tensor:
+    def _with_geometry(
+        self, pooled: Tensor, geometry: Optional[Tensor], norm: Optional[nn.Module], running_stats: bool
+    ) -> Tensor:
         """[pooled, geometry] standardised by ``norm``, the geometry columns then scaled by ``spatial_scale``."""
         if geometry is not None:
             pooled = torch.cat((pooled, geometry.to(pooled.dtype)), dim=1)
@@ -116,8 +118,8 @@ class BoxHead(nn.Module):
         """
         B, X, _ = boxes.shape
         batch_index, box_index = valid.nonzero(as_tuple=True)  # [N] each
-        rois = torch.cat((batch_index[:, None].to(boxes.dtype), boxes[batch_index, box_index]), dim=1)  # [N, 5]
-        rois = rois.detach()  # RoIAlign has no gradient w.r.t. boxes
+        # [N, 5]; detached: RoIAlign has no gradient w.r.t. boxes
+        rois = torch.cat((batch_index[:, None].to(boxes.dtype), boxes[batch_index, box_index]), dim=1).detach()
         geometry = spatial_features(boxes, image_sizes)[batch_index, box_index] if self.spatial_feature else None
         pooled = self._with_geometry(backbone.box_features(maps, rois), geometry, self.input_norm, running_stats)
         hidden = torch.relu(self.fc(pooled))  # [N, d]
