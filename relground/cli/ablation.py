@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from relground.cli.demo import DEFAULT_IMAGES, DEFAULT_THREADS, run_with_threads  # same benchmark size as the demo
 
-# The demo's schedule, so the rows compare with its numbers: 27 trainings took ~36 minutes as two processes
+# The demo's schedule, so the rows compare with its numbers: 27 trainings took 40 minutes as two processes
 # with disjoint --rows and the same --out (finished runs are reused), one core each; one process takes about
 # twice that (an estimate, not measured).
 DEFAULT_ITERATIONS = 800
