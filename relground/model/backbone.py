@@ -339,10 +339,15 @@ class ResNetBackbone(nn.Module):
                 return maps.new_zeros((0, self.out_channels))
             if self.box_head == "fast":
                 return self.roi_align_avg(maps, rois, self.output_size, scale, self.sampling_ratio, True)  # [N, C5]
-            crops = torchvision.ops.roi_align(maps, rois, self.output_size, scale, self.sampling_ratio, aligned=True)
-            if self.channels_last:
-                crops = crops.contiguous(memory_format=torch.channels_last)
-            return self.layer4(crops).mean((2, 3))  # [N, C4, 7, 7] -> [N, C5, 7, 7] -> [N, C5]
+            return self._layer4_crops(maps, rois).mean((2, 3))  # [N, C5, 7, 7] -> [N, C5]
+
+    def _layer4_crops(self, maps: Tensor, rois: Tensor) -> Tensor:
+        """Faithful head: RoIAlign P x P on C4, then layer4 per box: [N, C4, P, P] -> [N, C5, P, P]."""
+        scale = 1.0 / C4_STRIDE
+        crops = torchvision.ops.roi_align(maps, rois, self.output_size, scale, self.sampling_ratio, aligned=True)
+        if self.channels_last:
+            crops = crops.contiguous(memory_format=torch.channels_last)
+        return self.layer4(crops)
 
     def box_grid_features(self, maps: Tensor, rois: Tensor, grid: int) -> Tensor:
         """Layer4 features of boxes averaged over each cell of a ``grid`` x ``grid`` split of the box, so they
@@ -370,8 +375,7 @@ class ResNetBackbone(nn.Module):
                 cells = grid_cells(rois, grid)  # [N * g * g, 5]
                 pooled = self.roi_align_avg(maps, cells, bins, scale, self.sampling_ratio, True)  # [N g g, C5]
                 return pooled.reshape(n, grid * grid, -1).transpose(1, 2).flatten(1)
-            crops = torchvision.ops.roi_align(maps, rois, self.output_size, scale, self.sampling_ratio, aligned=True)
-            return nn.functional.adaptive_avg_pool2d(self.layer4(crops), grid).flatten(1)  # [N, C5 g g]
+            return nn.functional.adaptive_avg_pool2d(self._layer4_crops(maps, rois), grid).flatten(1)  # [N, C5 g g]
 
 
 def grid_cells(rois: Tensor, grid: int) -> Tensor:

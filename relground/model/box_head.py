@@ -111,10 +111,12 @@ class BoxHead(nn.Module):
             running_stats: BatchNorm with the running statistics, which stay unchanged (the refined top-K boxes
                 of stage 2: all object-like, so their batch statistics differ from the proposals' and would
                 normalise the two stages' inputs of the shared F_cls differently).
-            return_pooled: also return the Linear layer's input (pooled ResNet feature, geometry, input norm).
+            return_pooled: also return the feature F_reg may read: the Linear layer's input (pooled ResNet
+                feature, geometry, input norm), or with ``regression_grid`` the grid feature.
 
         Returns:
-            Tensor[B, X, d], and with ``return_pooled`` Tensor[B, X, C_in] (zeros for invalid boxes).
+            Tensor[B, X, d], and with ``return_pooled`` Tensor[B, X, :attr:`pooled_features`] (zeros for invalid
+            boxes).
         """
         B, X, _ = boxes.shape
         batch_index, box_index = valid.nonzero(as_tuple=True)  # [N] each

@@ -35,7 +35,7 @@ class MatchingHeads(nn.Module):
             makes every s_hat > 0 at first, so the untrained model follows the category prior instead of
             inverting it wherever s_hat happens to be negative (see docs/model.md "Sign handling").
         regression_in_dim: width of the box input of F_reg; default ``hidden_dim`` (x_o). The pooled ResNet
-            feature is wider (``ModelConfig.regression_input="pooled"``).
+            feature and the grid feature are wider (``ModelConfig.regression_input`` ``pooled`` / ``grid``).
     """
 
     def __init__(

@@ -177,6 +177,13 @@ def test_faithful_head_runs_stride_one_layer4_on_each_7x7_crop():
             out = backbone.layer4(crop)
             assert out.shape[-2:] == (7, 7)  # first stride is 1
             torch.testing.assert_close(feats[r], out.mean((2, 3))[0])
+        # The grid feature splits the same 7x7 layer4 output into 2x2 cells (adaptive pooling: rows/columns 0-3, 3-6).
+        grid = backbone.box_grid_features(c4, rois, 2)
+        for r in range(3):
+            out = backbone.layer4(torchvision.ops.roi_align(c4, rois[r : r + 1], 7, 1 / 16, 2, aligned=True))[0]
+            cells = [out[:, a:b, c:d].mean((1, 2)) for a, b in ((0, 4), (3, 7)) for c, d in ((0, 4), (3, 7))]
+            torch.testing.assert_close(grid[r], torch.stack(cells, dim=1).flatten())
+        torch.testing.assert_close(backbone.box_grid_features(c4, rois, 1), feats)
 
 
 def test_stride_in_1x1_moves_the_stride_and_keeps_c4_stride():
