@@ -391,7 +391,7 @@ def _chosen_proposals(out) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 # Synthetic experiments (``relground demo`` / ``relground ablation``)
 
-SYNTHETIC_CONFIG = "synthetic.yaml"  # shipped config (relground.config.find_config)
+SYNTHETIC_CONFIG = "synthetic.yaml"  # the shipped one (relground.config.shipped_config), not one in the cwd
 SYNTHETIC_RELATION_MIN_FREQ = 5  # relation texts seen more than this often in train become categories
 
 
@@ -473,13 +473,15 @@ def synthetic_config(
     """
     import dataclasses
 
-    from relground.config import apply_overrides, find_config, load_config
+    from relground.config import apply_overrides, load_config, shipped_config
 
-    try:
-        path = find_config(config if config is not None else SYNTHETIC_CONFIG)
+    try:  # load_config also finds a shipped config by name (relground.config.find_config)
+        cfg = load_config(
+            config if config is not None else shipped_config(SYNTHETIC_CONFIG),
+            [f"data.root={data_root}", f"output_dir={output_dir}", f"seed={seed}"],
+        )
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"--config: {exc}") from None
-    cfg = load_config(path, [f"data.root={data_root}", f"output_dir={output_dir}", f"seed={seed}"])
     if iterations is not None:
         if iterations <= 0:
             raise ValueError(f"--iterations: must be positive, got {iterations}")

@@ -366,6 +366,21 @@ def shipped_config_dirs() -> list[Path]:
     return [d for d in (package / "configs", package.parent / "configs") if d.is_dir()]
 
 
+def shipped_config(name: str) -> Path:
+    """The config relground ships under the file name of ``name`` (``synthetic.yaml``, ...).
+
+    Raises:
+        FileNotFoundError: none of that name; the message lists the shipped configs.
+    """
+    dirs = shipped_config_dirs()
+    for directory in dirs:
+        candidate = directory / Path(name).name
+        if candidate.is_file():
+            return candidate
+    listed = ", ".join(sorted({p.name for d in dirs for p in d.glob("*.yaml")})) or "none"
+    raise FileNotFoundError(f"config file not found: {name} (not a file; shipped configs: {listed})")
+
+
 def find_config(path: str | os.PathLike) -> Path:
     """``path`` if it is a file, else the shipped config of that file name (``synthetic.yaml``,
     ``configs/flickr30k_reir.yaml`` from any working directory).
@@ -374,16 +389,7 @@ def find_config(path: str | os.PathLike) -> Path:
         FileNotFoundError: neither exists; the message lists the shipped configs.
     """
     given = Path(path)
-    if given.is_file():
-        return given
-    dirs = shipped_config_dirs()
-    for directory in dirs:
-        candidate = directory / given.name
-        if candidate.is_file():
-            return candidate
-    shipped = sorted({p.name for d in dirs for p in d.glob("*.yaml")})
-    listed = ", ".join(shipped) or "none"
-    raise FileNotFoundError(f"config file not found: {path} (not a file; shipped configs: {listed})")
+    return given if given.is_file() else shipped_config(str(path))
 
 
 def load_yaml_tree(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:

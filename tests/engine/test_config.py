@@ -129,6 +129,12 @@ def test_shipped_configs_are_found_by_name_from_any_directory_and_packaged(tmp_p
     assert find_config("synthetic.yaml") == own.relative_to(tmp_path) and load_config("synthetic.yaml").seed == 123
     with pytest.raises(FileNotFoundError, match=r"nope.yaml.*shipped configs: flickr30k_reir.yaml, referit_reir.yaml, synthetic.yaml"):
         find_config("nope.yaml")
+    from relground.api import synthetic_config
+
+    shipped = load_config(REPO / "configs" / "synthetic.yaml")
+    assert synthetic_config(None, tmp_path / "data", tmp_path / "run").model == shipped.model  # found from tmp_path
+    with pytest.raises(FileNotFoundError, match=r"^--config: config file not found: nope.yaml"):
+        synthetic_config("nope.yaml", tmp_path / "data", tmp_path / "run")
 
 
 @pytest.mark.slow
