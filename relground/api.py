@@ -445,6 +445,11 @@ def apply_preset(model_cfg, preset: str, **overrides: Any):
         for f in fields(type(default.loss))
         if getattr(target.loss, f.name) != getattr(default.loss, f.name)
     }
+    # A component the preset turns off takes the base config's extensions of it along.
+    if not target.vogn:
+        changes["vogn_geometry"] = False
+    if not target.loss.relation:
+        changes["relation_geometry"] = False
     return model_cfg.replace(**changes, **overrides, loss=loss_changes)
 
 

@@ -125,6 +125,13 @@ class ModelConfig:
             or ``paper`` (Eq. 6-8).
         vogn_weights: ``attention`` (learned, Eq. 7) or ``uniform`` (1/degree, the "w/o attention" ablation).
         vogn_dim: width of the VOGN key projection. Authors: 512.
+        vogn_geometry: add per-box messages from the typed relation graph (not in the paper; see
+            :class:`relground.model.vogn.RelationalGeometryMessages`): box k of phrase i hears, from each related
+            phrase j, the relation's categories, i's role in it and where j's expected box lies relative to box k.
+            F_rel then reads the box features from before the graph (the categories are in the messages).
+        relation_geometry: F_rel also reads where the object phrase's expected box lies relative to the
+            subject's (alpha^f-weighted means of their K boxes; not in the paper), so the relation loss can reward
+            the box choice that makes the parsed relation true.
         score_fusion: how the category prior s_a multiplies the logit: ``product`` (s_hat * s_a, authors) or
             ``sigmoid_product`` (sigmoid(s_hat) * s_a, monotone in both; see docs/model.md).
         ranking_dim: width of the image/caption ranking embeddings. Authors: 512.
@@ -183,6 +190,8 @@ class ModelConfig:
     vogn_variant: str = "authors"
     vogn_weights: str = "attention"
     vogn_dim: int = 512
+    vogn_geometry: bool = False
+    relation_geometry: bool = False
     score_fusion: str = "product"
     ranking_dim: int = 512
     relation_hidden: int = 1024
@@ -234,6 +243,10 @@ class ModelConfig:
             raise ValueError(f"model.box_coder_weights needs 4 values, got {self.box_coder_weights}")
         if self.vogn and not self.two_stage:
             raise ValueError("model.vogn needs model.two_stage (the graph feeds the fine stage)")
+        if self.vogn_geometry and not self.vogn:
+            raise ValueError("model.vogn_geometry needs model.vogn (it extends the graph's messages)")
+        if self.relation_geometry and not self.loss.relation:
+            raise ValueError("model.relation_geometry needs loss.relation (it is an input of the relation classifier)")
         if self.loss.relation and not self.two_stage:
             raise ValueError("loss.relation needs model.two_stage (it classifies stage-2 vectors)")
         if self.loss.regression and not self.box_regression:

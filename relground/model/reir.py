@@ -38,7 +38,13 @@ from relground.model.box_head import BoxHead
 from relground.model.config import LossConfig, ModelConfig
 from relground.model.matching import BoxDecoder, MatchingHeads, gather_topk, prior_attention, select_topk
 from relground.model.phrase_encoder import PhraseEncoder
-from relground.model.vogn import VisualObjectGraph, relation_adjacency
+from relground.model.vogn import (
+    RelationalGeometryMessages,
+    VisualObjectGraph,
+    relation_adjacency,
+    relation_roles,
+    relative_geometry,
+)
 
 
 def op_functions(native: bool) -> SimpleNamespace:
@@ -165,13 +171,20 @@ class ReIR(nn.Module):
         self.matching_stage2 = MatchingHeads(*heads) if cfg.two_stage and not cfg.share_stage_heads else None
         self.box_decoder = BoxDecoder(cfg.box_coder_weights, cfg.bbox_clip)
         self.graph = VisualObjectGraph(d, cfg.vogn_dim, cfg.vogn_variant, cfg.vogn_weights) if cfg.vogn else None
+        self.relational = (
+            RelationalGeometryMessages(d, num_relation_classes, cfg.relation_hidden) if cfg.vogn_geometry else None
+        )
 
         loss = self.loss_cfg
         self.decoder = PhraseDecoder(phrase_vocab_size, d, cfg.word_dim, d) if loss.reconstruction_stages else None
         own_decoder = cfg.separate_stage2_decoder and 2 in loss.reconstruction_stages
         self.decoder_stage2 = PhraseDecoder(phrase_vocab_size, d, cfg.word_dim, d) if own_decoder else None
         self.ranking = RankingEmbedding(d, d, cfg.ranking_dim) if loss.ranking else None
-        self.relation = RelationClassifier(d, num_relation_classes, cfg.relation_hidden) if loss.relation else None
+        self.relation = (
+            RelationClassifier(d, num_relation_classes, cfg.relation_hidden, pair_dim=4 if cfg.relation_geometry else 0)
+            if loss.relation
+            else None
+        )
         if relation_class_counts is not None:
             weights = relation_class_weights(relation_class_counts, loss.relation_weight_range)
             if weights.numel() != num_relation_classes:
@@ -262,7 +275,7 @@ class ReIR(nn.Module):
         )
 
         # Stage 2: fine matching over each phrase's top-K.
-        stage2_boxes = z2 = deltas2 = att2 = slot_valid = None
+        stage2_boxes = z2 = deltas2 = att2 = slot_valid = pool2 = x_k_pregraph = None
         if cfg.two_stage:
             index, slot_valid = select_topk(att1, proposal_valid, cfg.top_k, ops.topk_select)  # [B, P, K]
             slot_valid = slot_valid & phrase_valid[..., None]
@@ -288,8 +301,12 @@ class ReIR(nn.Module):
             if cfg.detach_stage2_inputs:  # stage-2 losses then leave the encoder and box head to stage 1
                 x_q2, x_k, att1_k = x_q.detach(), x_k.detach(), att1_k.detach()
                 pooled_k = None if pooled_k is None else pooled_k.detach()
+            x_k_pregraph = x_k
             if self.graph is not None:
                 x_k = self.graph(x_k, att1_k, relation_adjacency(batch.relation_index, phrase_valid))
+            if self.relational is not None:
+                roles = relation_roles(batch.relation_index, batch.relation_labels, phrase_valid)
+                x_k = self.relational(x_k, stage2_boxes, att1_k, roles)
             reg_k = x_k if pooled_k is None else pooled_k  # the authors' F_reg reads the graph-refined x'_k
 
             fine_heads = self.matching if self.matching_stage2 is None else self.matching_stage2
@@ -298,7 +315,8 @@ class ReIR(nn.Module):
             _, att2, _ = prior_attention(logits2, prior_k, slot_valid, cfg.score_fusion)  # alpha^f [B, P, K]
             fused = att1_k * att2  # s = s^c * s^f as probabilities (never sign-flipped), not renormalised
             # z^f [B, P, d]: the authors pool with the fused attention; the paper (Sec. 3.3) with alpha^f alone.
-            z2 = torch.einsum("bpk,bpkd->bpd", fused if cfg.stage2_pooling == "fused" else att2, x_k)
+            pool2 = fused if cfg.stage2_pooling == "fused" else att2
+            z2 = torch.einsum("bpk,bpkd->bpd", pool2, x_k)
             deltas2 = fine_heads.deltas(*self._regression_inputs(x_q2, reg_k)) if cfg.box_regression else None
 
             def predict(choice: Tensor) -> Tensor:  # [B, P] slot -> box with both stages' deltas
@@ -351,7 +369,16 @@ class ReIR(nn.Module):
                     **kwargs,
                 )
         if self.relation is not None and batch.relation_index.shape[0] > 0:
-            logits = self.relation(z2, batch.relation_index)
+            # Typed messages carry the relation's categories: F_rel must not read them back from z^f.
+            z_rel = z2 if self.relational is None else torch.einsum("bpk,bpkd->bpd", pool2, x_k_pregraph)
+            pair = pair_weights = None
+            if cfg.relation_geometry:  # every (subject box, object box) pair, weighted by their attention
+                item, subject, obj = batch.relation_index.unbind(1)
+                source, target = stage2_boxes[item, subject], stage2_boxes[item, obj]  # [R, K, 4]
+                R = source.shape[0]
+                pair = relative_geometry(source[:, :, None], target[:, None]).reshape(R, K * K, 4)
+                pair_weights = (pool2[item, subject][:, :, None] * pool2[item, obj][:, None]).reshape(R, K * K)
+            logits = self.relation(z_rel, batch.relation_index, pair, pair_weights)
             losses["rel"] = relation_loss(logits, batch.relation_labels, self.relation_weights)
 
         weight = {

@@ -107,3 +107,112 @@ class VisualObjectGraph(nn.Module):
             weights = self.edge_weights(messages, adjacency, gate=False)
             update = nodes + torch.bmm(weights, messages)  # z'_i, Eq. 6
         return features + attention[..., None] * update[:, :, None, :]  # Eq. 8
+
+
+def relative_geometry(source: Tensor, target: Tensor) -> Tensor:
+    """Where ``target`` lies relative to ``source``, scale-free (the R-CNN box-delta parametrisation).
+
+    Args:
+        source (Tensor[..., 4]): xyxy boxes.
+        target (Tensor[..., 4]): xyxy boxes, broadcastable to ``source``.
+
+    Returns:
+        Tensor[..., 4]: ((cx_t - cx_s) / w_s, (cy_t - cy_s) / h_s, log(w_t / w_s), log(h_t / h_s)); widths and
+        heights below 1 pixel count as 1 (empty slots give finite values).
+    """
+    ws = (source[..., 2] - source[..., 0]).clamp(min=1.0)
+    hs = (source[..., 3] - source[..., 1]).clamp(min=1.0)
+    wt = (target[..., 2] - target[..., 0]).clamp(min=1.0)
+    ht = (target[..., 3] - target[..., 1]).clamp(min=1.0)
+    # Corner differences first: exact zero for the same box, no cancellation of large coordinates.
+    dx = ((target[..., 0] - source[..., 0]) + (target[..., 2] - source[..., 2])) / (2 * ws)
+    dy = ((target[..., 1] - source[..., 1]) + (target[..., 3] - source[..., 3])) / (2 * hs)
+    return torch.stack((dx, dy, torch.log(wt / ws), torch.log(ht / hs)), dim=-1)
+
+
+def expected_boxes(boxes: Tensor, attention: Tensor) -> Tensor:
+    """sum_k a_k box_k / sum_k a_k: the box a phrase's attention points at on average.
+
+    Args:
+        boxes (Tensor[B, P, K, 4]): xyxy.
+        attention (Tensor[B, P, K]): >= 0 (0 in empty slots).
+
+    Returns:
+        Tensor[B, P, 4]: zeros for a phrase with no attention mass.
+    """
+    total = attention.sum(-1, keepdim=True)
+    return torch.einsum("bpk,bpkc->bpc", attention, boxes) / total.clamp(min=1e-12)
+
+
+def relation_roles(relation_index: Tensor, relation_labels: Tensor, phrase_valid: Tensor) -> Tensor:
+    """The typed edges of the phrase graph, as seen from the receiving phrase.
+
+    Args:
+        relation_index (Tensor[R, 3]): long (batch item, subject phrase, object phrase).
+        relation_labels (Tensor[R, C_r]): multi-hot relation categories (all-zero = no kept category).
+        phrase_valid (Tensor[B, P]): bool.
+
+    Returns:
+        Tensor[B, P, P, 2 C_r + 2]: for receiver i and sender j, the categories of the relations where i is the
+        subject and j the object, then those where i is the object, then one flag per role (so an edge without a
+        kept category still says which side it is on). Zero where no relation links i and j.
+    """
+    B, P = phrase_valid.shape
+    C = relation_labels.shape[1]
+    roles = phrase_valid.new_zeros((B, P, P, 2 * C + 2), dtype=relation_labels.dtype)
+    if relation_index.numel():
+        item, subject, obj = relation_index.to(phrase_valid.device).unbind(1)
+        labels = relation_labels.to(phrase_valid.device)
+        ones = labels.new_ones(labels.shape[0], 1)
+        zeros = torch.zeros_like(labels)
+        as_subject = torch.cat((labels, zeros, ones, ones * 0), 1)
+        as_object = torch.cat((zeros, labels, ones * 0, ones), 1)
+        roles.index_put_((item, subject, obj), as_subject, accumulate=True)
+        roles.index_put_((item, obj, subject), as_object, accumulate=True)
+        roles = roles.clamp(max=1)
+    keep = phrase_valid[:, :, None] & phrase_valid[:, None, :]
+    keep &= ~torch.eye(P, dtype=torch.bool, device=phrase_valid.device)
+    return roles * keep[..., None]
+
+
+class RelationalGeometryMessages(nn.Module):
+    """Per-box messages from the typed relation graph (``model.vogn_geometry``; not in the paper).
+
+    Eq. 8 adds one vector per phrase to all its K boxes, scaled by alpha^c, so two identical boxes receive the
+    same context and only the phrase feature could tell them apart. Here box k of phrase i also receives, from
+    each neighbour j, a message computed from the relation's categories and i's role in it and from where the
+    neighbour's expected box (alpha^c-weighted mean of its top-K) lies relative to box k::
+
+        m_ik = mean_{j in N(i)} MLP([relative_geometry(box_ik, box_j), roles_ij]);   x'_ik += m_ik
+
+    Args:
+        hidden_dim: d (the message width).
+        num_relation_classes: C_r.
+        inner_dim: hidden width of the MLP.
+    """
+
+    def __init__(self, hidden_dim: int, num_relation_classes: int, inner_dim: int = 128):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(4 + 2 * num_relation_classes + 2, inner_dim), nn.ReLU(), nn.Linear(inner_dim, hidden_dim)
+        )
+
+    def forward(self, features: Tensor, boxes: Tensor, attention: Tensor, roles: Tensor) -> Tensor:
+        """
+        Args:
+            features (Tensor[B, P, K, d]): box features (after the VOGN, if any).
+            boxes (Tensor[B, P, K, 4]): the boxes those features were pooled from, xyxy.
+            attention (Tensor[B, P, K]): stage-1 attention on them (0 in empty slots).
+            roles (Tensor[B, P, P, 2 C_r + 2]): from :func:`relation_roles`.
+
+        Returns:
+            Tensor[B, P, K, d]: features plus the messages (unchanged for a phrase without relations).
+        """
+        B, P, K, _ = boxes.shape
+        neighbour = expected_boxes(boxes, attention)  # [B, P, 4]
+        geometry = relative_geometry(boxes[:, :, :, None, :], neighbour[:, None, None, :, :])  # [B, P, K, P, 4]
+        edge = roles.to(geometry.dtype)[:, :, None].expand(B, P, K, P, roles.shape[-1])
+        messages = self.mlp(torch.cat((geometry, edge), -1))  # [B, P, K, P, d]
+        linked = (roles.sum(-1) > 0).to(messages.dtype)  # [B, P, P]
+        weights = linked / linked.sum(-1, keepdim=True).clamp(min=1)
+        return features + torch.einsum("bpj,bpkjd->bpkd", weights, messages)

@@ -208,3 +208,19 @@ def test_train_refuses_to_overwrite_a_run_without_resume(tmp_path):
     cfg = load_config(CONFIGS / "synthetic.yaml", [f"output_dir={tmp_path}"])
     with pytest.raises(ValueError, match="already holds checkpoints; resume it"):
         train(cfg)
+
+
+def test_presets_turn_the_graph_and_relation_extensions_off_with_their_component(tmp_path):
+    from relground.api import synthetic_config
+
+    raw = yaml.safe_load((REPO / "configs" / "synthetic.yaml").read_text())
+    raw["model"].update(vogn_geometry=True, relation_geometry=True)
+    base = tmp_path / "geometric.yaml"
+    base.write_text(yaml.safe_dump(raw))
+    expected = {  # preset: (vogn_geometry, relation_geometry)
+        "baseline": (False, False), "tsd": (False, False), "tsd_str": (False, False), "tsd_str_noq": (False, False),
+        "tsd_vogn_rc": (True, True), "full": (True, True), "full_uniform": (True, True),
+    }
+    for preset, switches in expected.items():
+        model = synthetic_config(str(base), tmp_path / "data", tmp_path / "run", preset=preset).model
+        assert (model.vogn_geometry, model.relation_geometry) == switches, preset

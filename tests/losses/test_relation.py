@@ -47,3 +47,50 @@ def test_relation_classifier_reads_subject_and_object_vectors():
     torch.testing.assert_close(logits[0], head.mlp(torch.cat((pooled[1, 2], pooled[1, 0]))))
     with pytest.raises(ValueError, match="relation_labels"):
         relation_loss(logits, torch.zeros(1, 4))
+
+
+def test_relation_classifier_adds_a_branch_for_pair_features():
+    head = RelationClassifier(3, 5, inner_dim=7, pair_dim=4).double()
+    pooled = torch.randn(2, 3, 3, dtype=torch.float64)
+    index = torch.tensor([[1, 2, 0], [0, 0, 1]])
+    pair = torch.randn(2, 4, dtype=torch.float64)
+    logits = head(pooled, index, pair)
+    expected = head.mlp(torch.cat((pooled[0, 0], pooled[0, 1]))) + head.pair_mlp(pair[1])
+    torch.testing.assert_close(logits[1], expected)
+    with pytest.raises(ValueError, match="pair_dim=4"):
+        head(pooled, index)
+    with pytest.raises(ValueError, match="pair_dim=0"):
+        RelationClassifier(3, 5, inner_dim=7)(pooled, index, pair)
+
+
+def test_candidate_pairs_mix_probabilities_like_a_float64_loop():
+    torch.manual_seed(1)
+    head = RelationClassifier(3, 4, inner_dim=6, pair_dim=2).double()
+    pooled = torch.randn(1, 2, 3, dtype=torch.float64)
+    index = torch.tensor([[0, 0, 1], [0, 1, 0]])
+    pair = torch.randn(2, 3, 2, dtype=torch.float64)  # 3 candidate pairs per relation
+    weights = torch.tensor([[0.2, 0.5, 0.3], [0.0, 0.0, 0.0]], dtype=torch.float64)  # row 2: no mass = uniform
+    logits = head(pooled, index, pair, weights)
+    for r, (b, s, o) in enumerate(index.tolist()):
+        w = weights[r] if weights[r].sum() > 0 else torch.full((3,), 1 / 3, dtype=torch.float64)
+        base = head.mlp(torch.cat((pooled[b, s], pooled[b, o])))
+        for c in range(4):
+            p = sum(w[j].item() / (1 + math.exp(-(base[c] + head.pair_mlp(pair[r, j])[c]).item())) for j in range(3))
+            assert logits[r, c].item() == pytest.approx(math.log(p / (1 - p)), rel=1e-9, abs=1e-12)
+    with pytest.raises(ValueError, match="pair_weights must be"):
+        head(pooled, index, pair)
+
+
+def test_the_mixture_rewards_the_candidate_pair_that_makes_the_relation_true():
+    """Two candidate pairs, one of which the classifier already calls class 0: the loss moves weight onto it."""
+    head = RelationClassifier(1, 2, inner_dim=2, pair_dim=1).double()
+    with torch.no_grad():
+        for layer in (head.mlp[0], head.mlp[2]):
+            layer.weight.zero_(), layer.bias.zero_()
+        head.pair_mlp[0].weight.copy_(torch.tensor([[4.0], [-4.0]])), head.pair_mlp[0].bias.zero_()
+        head.pair_mlp[2].weight.copy_(torch.tensor([[1.0, -1.0], [-1.0, 1.0]])), head.pair_mlp[2].bias.zero_()
+    pair = torch.tensor([[[1.0], [-1.0]]], dtype=torch.float64)  # candidate 0 says class 0, candidate 1 class 1
+    weights = torch.tensor([[0.5, 0.5]], dtype=torch.float64, requires_grad=True)
+    logits = head(torch.zeros(1, 2, 1, dtype=torch.float64), torch.tensor([[0, 0, 1]]), pair, weights)
+    relation_loss(logits, torch.tensor([[1.0, 0.0]], dtype=torch.float64)).backward()
+    assert weights.grad[0, 0] < weights.grad[0, 1]  # descending the loss raises the consistent pair's weight

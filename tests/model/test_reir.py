@@ -338,3 +338,54 @@ def test_regression_can_read_the_pooled_box_feature_instead_of_x_o(regression_in
         tiny_config("full", regression_input="pixels")
     with pytest.raises(ValueError, match="regression_grid"):
         tiny_config("full", regression_input="grid", regression_grid=0)
+
+
+def test_geometric_relation_options_feed_the_relation_loss_pregraph_vectors_and_box_pairs(monkeypatch):
+    from relground.model.vogn import relative_geometry
+
+    cfg = tiny_config(
+        "full", box_head="fast", stage2_pooling="fine", share_stage_heads=False, refine_start_iteration=1000,
+        vogn_geometry=True, relation_geometry=True,
+    )
+    model = build(cfg)
+    assert model.relational is not None and model.relation.pair_dim == 4
+    batch = make_batch()
+    assert batch.relation_index.shape[0] > 0
+    seen = {}
+    original = model.relation.forward
+
+    def capture(pooled, relation_index, pair_features=None, pair_weights=None):
+        seen.update(pooled=pooled, pair=pair_features, weights=pair_weights)
+        return original(pooled, relation_index, pair_features, pair_weights)
+
+    monkeypatch.setattr(model.relation, "forward", capture)
+    out = model(batch, iteration=10)  # before refine_start: stage 2 reads the unrefined top-K's x_o
+    with torch.no_grad():
+        x_o = model.box_head(
+            model.backbone, model.backbone.image_maps(batch.images, batch.image_sizes, None), batch.proposals,
+            batch.proposal_valid, batch.image_sizes,
+        )
+    att2, index = out.attention_stage2.detach(), out.topk_index
+    K = att2.shape[-1]
+    for r, (b, s, o) in enumerate(batch.relation_index.tolist()):
+        for p in (s, o):  # F_rel reads sum_k alpha^f x_o: the features before any graph message
+            z = sum(att2[b, p, k] * x_o[b, index[b, p, k]] for k in range(K) if index[b, p, k] >= 0)
+            torch.testing.assert_close(seen["pooled"][b, p].detach(), z, rtol=1e-4, atol=1e-5)
+        # ... and every (subject box, object box) pair's geometry, weighted alpha^f_s,k * alpha^f_o,l.
+        for k in range(K):
+            for l in range(K):
+                j = k * K + l
+                assert seen["weights"][r, j].item() == pytest.approx((att2[b, s, k] * att2[b, o, l]).item(), rel=1e-5)
+                if index[b, s, k] >= 0 and index[b, o, l] >= 0:
+                    expected = relative_geometry(batch.proposals[b, index[b, s, k]], batch.proposals[b, index[b, o, l]])
+                    torch.testing.assert_close(seen["pair"][r, j].detach(), expected, rtol=1e-4, atol=1e-5)
+    # The relation loss trains the box choice (alpha^f, through F_cls of stage 2) and the typed messages.
+    model.zero_grad()
+    out.losses["rel"].backward()
+    for name in ("matching_stage2.cls_box.weight", "relational.mlp.0.weight", "relation.pair_mlp.0.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0 and torch.isfinite(grad).all(), name
+    with pytest.raises(ValueError, match="relation_geometry needs loss.relation"):
+        tiny_config("tsd_str", relation_geometry=True)
+    with pytest.raises(ValueError, match="vogn_geometry needs model.vogn"):
+        tiny_config("tsd_str", vogn_geometry=True)

@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from relground.model.vogn import VisualObjectGraph, relation_adjacency
+from relground.model.vogn import (
+    RelationalGeometryMessages,
+    VisualObjectGraph,
+    expected_boxes,
+    relation_adjacency,
+    relation_roles,
+    relative_geometry,
+)
 
 
 def _inputs(B=1, P=4, K=3, d=8, seed=0):
@@ -93,3 +100,72 @@ def test_bad_variant_names_the_field():
         VisualObjectGraph(8, variant="gat")
     with pytest.raises(ValueError, match="vogn_weights"):
         VisualObjectGraph(8, weights="mean")
+
+
+# --- typed geometric messages (model.vogn_geometry) -------------------------------------------------------------
+
+
+def _relative_geometry_loop(source, target):
+    """Float64 Python reference of relative_geometry for one pair of boxes."""
+    sx1, sy1, sx2, sy2 = (float(v) for v in source)
+    tx1, ty1, tx2, ty2 = (float(v) for v in target)
+    ws, hs = max(sx2 - sx1, 1.0), max(sy2 - sy1, 1.0)
+    wt, ht = max(tx2 - tx1, 1.0), max(ty2 - ty1, 1.0)
+    return [
+        ((tx1 + tx2) / 2 - (sx1 + sx2) / 2) / ws,
+        ((ty1 + ty2) / 2 - (sy1 + sy2) / 2) / hs,
+        math.log(wt / ws),
+        math.log(ht / hs),
+    ]
+
+
+def test_relative_geometry_matches_a_float64_loop():
+    g = torch.Generator().manual_seed(3)
+    corners = torch.rand(20, 2, 2, generator=g, dtype=torch.float64) * 100
+    boxes = torch.cat((corners.min(1).values, corners.max(1).values), 1)  # [20, 4] xyxy
+    boxes[0, 2] = boxes[0, 0]  # a degenerate box: width counts as 1
+    source, target = boxes[:10], boxes[10:]
+    expected = torch.tensor([_relative_geometry_loop(s, t) for s, t in zip(source, target)], dtype=torch.float64)
+    torch.testing.assert_close(relative_geometry(source, target), expected)
+    # Right of and below the source: positive offsets; the same box: all zero.
+    assert (relative_geometry(torch.tensor([0.0, 0, 10, 10]), torch.tensor([20.0, 30, 30, 40]))[:2] > 0).all()
+    assert relative_geometry(boxes[3], boxes[3]).abs().max() == 0
+
+
+def test_expected_boxes_is_the_attention_weighted_mean():
+    boxes = torch.tensor([[[[0.0, 0, 10, 10], [20, 0, 30, 10], [0, 0, 0, 0]]]])  # [1, 1, 3, 4], slot 2 empty
+    attention = torch.tensor([[[0.3, 0.1, 0.0]]])  # not normalised
+    expected = (0.3 * boxes[0, 0, 0] + 0.1 * boxes[0, 0, 1]) / 0.4
+    torch.testing.assert_close(expected_boxes(boxes, attention)[0, 0], expected)
+    assert expected_boxes(boxes, torch.zeros(1, 1, 3)).abs().max() == 0  # no mass: zeros, not NaN
+
+
+def test_relation_roles_types_each_side_of_an_edge():
+    relations = torch.tensor([[0, 0, 1], [0, 2, 1], [0, 0, 3]])  # 0 -r0-> 1, 2 -r1-> 1, 0 -> 3 (padding)
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    valid = torch.tensor([[True, True, True, False]])
+    roles = relation_roles(relations, labels, valid)
+    assert roles.shape == (1, 4, 4, 6)
+    torch.testing.assert_close(roles[0, 0, 1], torch.tensor([1.0, 0, 0, 0, 1, 0]))  # 0 is the subject of r0
+    torch.testing.assert_close(roles[0, 1, 0], torch.tensor([0.0, 0, 1, 0, 0, 1]))  # 1 is its object
+    torch.testing.assert_close(roles[0, 1, 2], torch.tensor([0.0, 0, 0, 1, 0, 1]))
+    assert roles[0, 0, 2].abs().max() == 0 and roles[0, 3].abs().max() == 0 and roles[0, :, 3].abs().max() == 0
+
+
+def test_geometric_messages_tell_identical_boxes_apart_by_place():
+    torch.manual_seed(0)
+    messages = RelationalGeometryMessages(8, num_relation_classes=2, inner_dim=16).double()
+    B, P, K, d = 1, 3, 2, 8
+    features = torch.randn(1, 1, 1, d, dtype=torch.float64).expand(B, P, K, d).clone()  # every box looks alike
+    boxes = torch.tensor(
+        [[[[0.0, 0, 10, 10], [60, 0, 70, 10]], [[30, 0, 40, 10], [30, 0, 40, 10]], [[0, 50, 10, 60]] * 2]],
+        dtype=torch.float64,
+    )  # phrase 0: twins left / right of phrase 1; phrase 2: unrelated
+    attention = torch.full((B, P, K), 0.5, dtype=torch.float64)
+    roles = relation_roles(torch.tensor([[0, 0, 1]]), torch.tensor([[1.0, 0.0]]), torch.ones(B, P, dtype=torch.bool))
+    out = messages(features, boxes, attention, roles)
+    assert (out[0, 0, 0] - out[0, 0, 1]).abs().max() > 1e-6  # same look, different side: different features
+    torch.testing.assert_close(out[0, 2], features[0, 2])  # no relation, no message
+    # The message depends on the relation's category, not only on the geometry.
+    other = relation_roles(torch.tensor([[0, 0, 1]]), torch.tensor([[0.0, 1.0]]), torch.ones(B, P, dtype=torch.bool))
+    assert (messages(features, boxes, attention, other)[0, 0] - out[0, 0]).abs().max() > 1e-6
