@@ -78,6 +78,9 @@ class TrainConfig:
         threads: torch intra-op threads while training on the CPU; 0 = torch's default. The synthetic config
             sets 1: this model's small matrices gain nothing from more, and on a busy 2-core machine spinning
             OpenMP threads made steps ~10x slower (docs/results.md).
+        max_loss: stop like the NaN guard when the total or any loss term exceeds this in magnitude; None (default)
+            = only NaN/inf stop. A diverging run (a loss at 1e31 hundreds of steps before it turns inf) then ends
+            at once, with the last good checkpoint named.
     """
 
     device: str = "auto"
@@ -90,8 +93,11 @@ class TrainConfig:
     tensorboard: bool = True
     find_unused_parameters: bool = True
     threads: int = 0
+    max_loss: Optional[float] = None
 
     def __post_init__(self) -> None:
+        if self.max_loss is not None and not self.max_loss > 0:
+            raise ValueError(f"train.max_loss must be > 0 or null, got {self.max_loss}")
         if self.threads < 0:
             raise ValueError(f"train.threads must be >= 0 (0 = torch's default), got {self.threads}")
         for name in ("accumulation_steps", "checkpoint_period", "keep_checkpoints", "log_period"):
@@ -437,15 +443,23 @@ class Trainer:
         return stop
 
     def _guard(self, values: list[float], names: list[str]) -> bool:
-        """NaN/inf guard on the losses (agreed over ranks, with the stop flag). Returns the stop flag."""
+        """NaN/inf (and ``max_loss``) guard on the losses, agreed over ranks with the stop flag. Returns the stop flag."""
         # name a component before the total: it says where the NaN came from
         named = list(zip(names, values[1:])) + [("total_loss", values[0])]
+        limit = self.cfg.max_loss
         local_bad = next(((n, v) for n, v in named if not math.isfinite(v)), None)
+        if local_bad is None and limit is not None:
+            local_bad = next(((n, v) for n, v in named if abs(v) > limit), None)
         flags = [float(local_bad is not None), float(self._stop_signal is not None)]
         if du.is_distributed():
             flags = du.all_reduce_sum(torch.tensor(flags, dtype=torch.float64, device=self.device)).tolist()
         if flags[0] > 0:
-            where = f"loss '{local_bad[0]}' is {local_bad[1]}" if local_bad else "a loss is NaN/inf on another rank"
+            if local_bad is None:
+                where = "a loss is NaN/inf or above train.max_loss on another rank"
+            elif math.isfinite(local_bad[1]):
+                where = f"loss '{local_bad[0]}' is {local_bad[1]:.3g}, above train.max_loss={limit:g}"
+            else:
+                where = f"loss '{local_bad[0]}' is {local_bad[1]}"
             good = self.checkpointer.latest() if self.checkpointer else None
             raise FloatingPointError(
                 f"{where} at iteration {self.iter}; training stopped before the optimizer step. "

@@ -73,14 +73,16 @@ class ToyModel(nn.Module):
     Args:
         dropout: dropout probability (> 0 makes the result depend on the RNG state, for the resume test).
         nan_at: iteration at which the ``mse`` loss becomes NaN (for the NaN-guard test).
+        blow_up_at: iteration from which the ``mse`` loss is multiplied by 1e12 (finite, for the max_loss guard).
     """
 
-    def __init__(self, dropout: float = 0.0, nan_at: Optional[int] = None) -> None:
+    def __init__(self, dropout: float = 0.0, nan_at: Optional[int] = None, blow_up_at: Optional[int] = None) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(FEATURES, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 1)
         ).double()
         self.nan_at = nan_at
+        self.blow_up_at = blow_up_at
         self.seen_dtypes: list[torch.dtype] = []  # dtype of the prediction at each call (autocast check)
 
     def forward(self, batch: ToyBatch, iteration: int) -> ToyOutput:
@@ -91,6 +93,8 @@ class ToyModel(nn.Module):
         l1 = error.abs().mean()
         if iteration == self.nan_at:
             mse = mse * float("nan")
+        if self.blow_up_at is not None and iteration >= self.blow_up_at:
+            mse = mse * 1e12
         losses = {"mse": mse, "l1": l1}
         return ToyOutput(total_loss=mse + 0.5 * l1, losses=losses)
 

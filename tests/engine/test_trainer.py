@@ -260,3 +260,20 @@ def test_train_from_config_runs_reir_on_synthetic_data_and_rebuilds_from_checkpo
     assert rebuilt_cfg == cfg
     for name, value in model.state_dict().items():
         assert torch.equal(value, state["model"][name])
+
+
+def test_max_loss_guard_stops_a_diverging_run_at_once(tmp_path):
+    solver = SolverConfig(base_lr=0.01, max_iter=20, warmup_iters=0)
+    cfg = TrainConfig(checkpoint_period=2, max_loss=1e6, **QUIET)
+    model = ToyModel(blow_up_at=5)  # finite but 1e12 times too large from iteration 5
+    trainer = Trainer(model, toy_loader(ToyDataset(32), 4), solver, cfg, tmp_path, device="cpu")
+    with pytest.raises(FloatingPointError, match=r"loss 'mse' is .*e\+\d+, above train.max_loss=1e\+06 at iteration 5"):
+        trainer.train()
+    state = load_checkpoint(Checkpointer(tmp_path / "checkpoints").latest())
+    assert state["iteration"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
+    # Without the limit the same run takes more optimizer steps on the huge loss until it turns inf.
+    with pytest.raises(FloatingPointError, match=r"is (inf|nan) at iteration") as info:
+        _train(ToyModel(blow_up_at=5), toy_loader(ToyDataset(32), 4), solver, TrainConfig(**QUIET))
+    assert int(str(info.value).split(" at iteration ")[1].split(";")[0]) > 5
+    with pytest.raises(ValueError, match="train.max_loss"):
+        TrainConfig(max_loss=0.0)
