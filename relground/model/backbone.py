@@ -377,6 +377,19 @@ class ResNetBackbone(nn.Module):
                 return pooled.reshape(n, grid * grid, -1).transpose(1, 2).flatten(1)
             return nn.functional.adaptive_avg_pool2d(self._layer4_crops(maps, rois), grid).flatten(1)  # [N, C5 g g]
 
+    def box_features_with_grid(self, maps: Tensor, rois: Tensor, grid: int) -> tuple[Tensor, Tensor]:
+        """:meth:`box_features` and :meth:`box_grid_features` of the same boxes; the faithful head runs its
+        per-box layer4 once for both.
+
+        Returns:
+            (Tensor[N, C5], Tensor[N, C5 * grid * grid]).
+        """
+        if self.box_head == "fast" or rois.shape[0] == 0:
+            return self.box_features(maps, rois), self.box_grid_features(maps, rois, grid)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            crops = self._layer4_crops(maps, rois.to(maps.dtype))  # [N, C5, P, P]
+            return crops.mean((2, 3)), nn.functional.adaptive_avg_pool2d(crops, grid).flatten(1)
+
 
 def grid_cells(rois: Tensor, grid: int) -> Tensor:
     """The ``grid`` x ``grid`` cells of each box, row-major, as RoIs.

@@ -123,15 +123,19 @@ class BoxHead(nn.Module):
         # [N, 5]; detached: RoIAlign has no gradient w.r.t. boxes
         rois = torch.cat((batch_index[:, None].to(boxes.dtype), boxes[batch_index, box_index]), dim=1).detach()
         geometry = spatial_features(boxes, image_sizes)[batch_index, box_index] if self.spatial_feature else None
-        pooled = self._with_geometry(backbone.box_features(maps, rois), geometry, self.input_norm, running_stats)
+        grid = None
+        if return_pooled and self.regression_grid:
+            average, grid = backbone.box_features_with_grid(maps, rois, self.regression_grid)  # [N, C5], [N, C5 g g]
+        else:
+            average = backbone.box_features(maps, rois)  # [N, C5]
+        pooled = self._with_geometry(average, geometry, self.input_norm, running_stats)
         hidden = torch.relu(self.fc(pooled))  # [N, d]
         full = hidden.new_zeros((B, X, hidden.shape[1]))
         full[batch_index, box_index] = hidden
         features = masked_batch_norm(self.norm, full, valid, running_stats)  # BatchNorm over the real boxes only
         if not return_pooled:
             return features
-        if self.regression_grid:
-            grid = backbone.box_grid_features(maps, rois, self.regression_grid)  # [N, C5 g g]
+        if grid is not None:
             pooled = self._with_geometry(grid, geometry, self.grid_norm, running_stats)
         pooled_full = pooled.new_zeros((B, X, pooled.shape[1]))
         pooled_full[batch_index, box_index] = pooled

@@ -184,6 +184,14 @@ def test_faithful_head_runs_stride_one_layer4_on_each_7x7_crop():
             cells = [out[:, a:b, c:d].mean((1, 2)) for a, b in ((0, 4), (3, 7)) for c, d in ((0, 4), (3, 7))]
             torch.testing.assert_close(grid[r], torch.stack(cells, dim=1).flatten())
         torch.testing.assert_close(backbone.box_grid_features(c4, rois, 1), feats)
+        # Both at once: the same values from one pass of the per-box layer4.
+        calls = []
+        hook = backbone.layer4.register_forward_hook(lambda module, args, out: calls.append(out.shape[0]))
+        average, both_grid = backbone.box_features_with_grid(c4, rois, 2)
+        hook.remove()
+        assert calls == [3]
+        torch.testing.assert_close(average, feats)
+        torch.testing.assert_close(both_grid, grid)
 
 
 def test_stride_in_1x1_moves_the_stride_and_keeps_c4_stride():
