@@ -50,13 +50,20 @@ class RelationClassifier(nn.Module):
         inner_dim: hidden width. Authors: 1024.
         pair_dim: width e of extra per-pair features (the boxes' relative geometry with
             ``model.relation_geometry``); 0 = the paper's F_rel(z_i, z_j).
+        form: the loss the logits are for, which decides how candidate pairs mix: ``bce`` (per-class sigmoid
+            probabilities) or ``ce`` (softmax over the classes).
     """
 
-    def __init__(self, hidden_dim: int, num_classes: int, inner_dim: int = 1024, pair_dim: int = 0):
+    def __init__(
+        self, hidden_dim: int, num_classes: int, inner_dim: int = 1024, pair_dim: int = 0, form: str = "bce"
+    ):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_relation_classes must be >= 1, got {num_classes}")
+        if form not in ("bce", "ce"):
+            raise ValueError(f"loss.relation_form must be 'bce' or 'ce', got {form!r}")
         self.pair_dim = pair_dim
+        self.form = form
         self.mlp = nn.Sequential(nn.Linear(2 * hidden_dim, inner_dim), nn.ReLU(), nn.Linear(inner_dim, num_classes))
         self.pair_mlp = (
             nn.Sequential(nn.Linear(pair_dim, inner_dim), nn.ReLU(), nn.Linear(inner_dim, num_classes))
@@ -81,8 +88,9 @@ class RelationClassifier(nn.Module):
                 with a J axis.
 
         Returns:
-            Tensor[R, C_r]: logits; with candidate pairs, log(p / (1 - p)) of the mixture probability
-            p = sum_j w_j sigmoid(logit_j), so :func:`relation_loss` applies unchanged.
+            Tensor[R, C_r]: logits; with candidate pairs, for ``bce`` log(p / (1 - p)) of the mixture probability
+            p = sum_j w_j sigmoid(logit_j), for ``ce`` log p with p = sum_j w_j softmax(logit_j) (whose softmax is
+            p), so :func:`relation_loss` applies unchanged.
         """
         if (pair_features is None) != (self.pair_dim == 0):
             raise ValueError(f"RelationClassifier built with pair_dim={self.pair_dim} needs pair_features of that width")
@@ -102,27 +110,41 @@ class RelationClassifier(nn.Module):
         weights = torch.where(empty, torch.ones_like(pair_weights), pair_weights)
         # Clamped: log(0) of an empty slot would turn its zero gradient into NaN.
         log_w = torch.log((weights / weights.sum(1, keepdim=True)).clamp(min=1e-30))[..., None].to(logits.dtype)
+        if self.form == "ce":
+            return torch.logsumexp(log_w + F.log_softmax(logits, dim=-1), dim=1)
         log_p = torch.logsumexp(log_w + F.logsigmoid(logits), dim=1)
         log_not_p = torch.logsumexp(log_w + F.logsigmoid(-logits), dim=1)
         return log_p - log_not_p
 
 
-def relation_loss(logits: Tensor, labels: Tensor, class_weights: Optional[Tensor] = None) -> Tensor:
-    """Weighted multi-label BCE over the pairs that have at least one category, mean over (pair, class).
+def relation_loss(
+    logits: Tensor, labels: Tensor, class_weights: Optional[Tensor] = None, form: str = "bce"
+) -> Tensor:
+    """The relation loss over the pairs that have at least one category.
+
+    ``bce``: weighted multi-label BCE, mean over (pair, class) (the authors). ``ce``: softmax cross entropy
+    against the pair's categories as a distribution (equal shares when it has several), each class's term
+    weighted, mean over pairs (the paper's text, Eq. 17).
 
     Args:
         logits (Tensor[R, C_r]): F_rel outputs.
         labels (Tensor[R, C_r]): multi-hot; an all-zero row (relation text outside the kept categories) is ignored.
         class_weights (Tensor[C_r]): from :func:`relation_class_weights`; None = 1.
+        form: ``bce`` or ``ce``.
 
     Returns:
         Tensor[]: the loss; 0 (connected to ``logits``) when no pair has a category.
     """
     if logits.shape != labels.shape:
         raise ValueError(f"batch.relation_labels must be [R, C_r] = {tuple(logits.shape)}, got {tuple(labels.shape)}")
+    if form not in ("bce", "ce"):
+        raise ValueError(f"loss.relation_form must be 'bce' or 'ce', got {form!r}")
     labelled = labels.sum(1) > 0
     if not labelled.any():
         return logits.sum() * 0.0
     logits = upcast(logits[labelled])
     weight = None if class_weights is None else class_weights.to(logits.dtype)
-    return F.binary_cross_entropy_with_logits(logits, labels[labelled].to(logits.dtype), weight=weight)
+    targets = labels[labelled].to(logits.dtype)
+    if form == "ce":
+        return F.cross_entropy(logits, targets / targets.sum(1, keepdim=True), weight=weight)
+    return F.binary_cross_entropy_with_logits(logits, targets, weight=weight)

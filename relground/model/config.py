@@ -25,6 +25,7 @@ VOGN_WEIGHTS = ("attention", "uniform")
 STAGE2_POOLINGS = ("fused", "fine")
 RANKING_FORMS = ("hinge", "contrastive")
 REGRESSION_INPUTS = ("box_feature", "pooled", "grid")
+RELATION_FORMS = ("bce", "ce")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class LossConfig:
         ranking_form: ``hinge`` (hardest negative, authors) or ``contrastive`` (InfoNCE both ways, see
             :func:`relground.losses.contrastive_ranking_loss`).
         relation_weight_range: per-class BCE weights span [1, 1 + this] (``1 + 9 * minmax(1/sqrt(count))``).
+        relation_form: ``bce`` (multi-label BCE, mean over pairs and classes, authors) or ``ce`` (softmax cross
+            entropy per pair, as the paper's text; several categories share the target mass), see
+            :func:`relground.losses.relation_loss`.
     """
 
     reconstruction_stages: tuple[int, ...] = (2,)
@@ -69,6 +73,7 @@ class LossConfig:
     ranking_margin: float = 0.2
     ranking_form: str = "hinge"
     relation_weight_range: float = 9.0
+    relation_form: str = "bce"
 
     def __post_init__(self) -> None:
         for name in ("reconstruction_stages", "ranking_stages"):
@@ -78,6 +83,8 @@ class LossConfig:
         for name in ("lambda_rec", "lambda_reg", "lambda_rel", "lambda_rank", "ranking_margin", "score_gap"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if self.relation_form not in RELATION_FORMS:
+            raise ValueError(f"loss.relation_form must be one of {RELATION_FORMS}, got {self.relation_form!r}")
         if self.ranking_form not in RANKING_FORMS:
             raise ValueError(f"loss.ranking_form must be one of {RANKING_FORMS}, got {self.ranking_form!r}")
         if not 0.0 <= self.iou_threshold <= 1.0:

@@ -181,7 +181,9 @@ class ReIR(nn.Module):
         self.decoder_stage2 = PhraseDecoder(phrase_vocab_size, d, cfg.word_dim, d) if own_decoder else None
         self.ranking = RankingEmbedding(d, d, cfg.ranking_dim) if loss.ranking else None
         self.relation = (
-            RelationClassifier(d, num_relation_classes, cfg.relation_hidden, pair_dim=4 if cfg.relation_geometry else 0)
+            RelationClassifier(
+                d, num_relation_classes, cfg.relation_hidden, 4 if cfg.relation_geometry else 0, loss.relation_form
+            )
             if loss.relation
             else None
         )
@@ -379,7 +381,7 @@ class ReIR(nn.Module):
                 pair = relative_geometry(source[:, :, None], target[:, None]).reshape(R, K * K, 4)
                 pair_weights = (pool2[item, subject][:, :, None] * pool2[item, obj][:, None]).reshape(R, K * K)
             logits = self.relation(z_rel, batch.relation_index, pair, pair_weights)
-            losses["rel"] = relation_loss(logits, batch.relation_labels, self.relation_weights)
+            losses["rel"] = relation_loss(logits, batch.relation_labels, self.relation_weights, loss_cfg.relation_form)
 
         weight = {
             "rec": loss_cfg.lambda_rec,

@@ -94,3 +94,28 @@ def test_the_mixture_rewards_the_candidate_pair_that_makes_the_relation_true():
     logits = head(torch.zeros(1, 2, 1, dtype=torch.float64), torch.tensor([[0, 0, 1]]), pair, weights)
     relation_loss(logits, torch.tensor([[1.0, 0.0]], dtype=torch.float64)).backward()
     assert weights.grad[0, 0] < weights.grad[0, 1]  # descending the loss raises the consistent pair's weight
+
+
+def test_cross_entropy_form_matches_a_float64_loop_and_mixes_softmax_probabilities():
+    torch.manual_seed(2)
+    logits = torch.randn(3, 4, dtype=torch.float64)
+    labels = torch.tensor([[0, 1, 0, 1], [0, 0, 0, 0], [1, 0, 0, 0]], dtype=torch.float64)
+    weights = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    expected = 0.0
+    for r in (0, 2):
+        norm = sum(math.exp(v) for v in logits[r].tolist())
+        hits = [c for c in range(4) if labels[r, c] > 0]
+        expected -= sum(weights[c].item() / len(hits) * math.log(math.exp(logits[r, c].item()) / norm) for c in hits)
+    assert relation_loss(logits, labels, weights, form="ce").item() == pytest.approx(expected / 2, rel=1e-9)
+    with pytest.raises(ValueError, match="relation_form"):
+        relation_loss(logits, labels, form="hinge")
+    # Candidate pairs: the returned log-probabilities are log sum_j w_j softmax(logit_j).
+    head = RelationClassifier(3, 4, inner_dim=6, pair_dim=2, form="ce").double()
+    pooled = torch.randn(1, 2, 3, dtype=torch.float64)
+    pair = torch.randn(1, 3, 2, dtype=torch.float64)
+    w = torch.tensor([[0.2, 0.5, 0.3]], dtype=torch.float64)
+    out = head(pooled, torch.tensor([[0, 0, 1]]), pair, w)
+    base = head.mlp(torch.cat((pooled[0, 0], pooled[0, 1])))
+    mix = sum(w[0, j] * torch.softmax(base + head.pair_mlp(pair[0, j]), -1) for j in range(3))
+    torch.testing.assert_close(out[0], torch.log(mix))
+    torch.testing.assert_close(torch.softmax(out[0], -1), mix)  # so the cross entropy reads p directly
