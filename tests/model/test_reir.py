@@ -382,9 +382,21 @@ def test_geometric_relation_options_feed_the_relation_loss_pregraph_vectors_and_
     # The relation loss trains the box choice (alpha^f, through F_cls of stage 2) and the typed messages.
     model.zero_grad()
     out.losses["rel"].backward()
+    heard = {}
     for name in ("matching_stage2.cls_box.weight", "relational.mlp.0.weight", "relation.pair_mlp.0.weight"):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0 and torch.isfinite(grad).all(), name
+        heard[name] = grad.abs().max().item()
+    # Only the geometry branch moves the box choice: with its output constant, every candidate pair says the
+    # same, and the relation loss no longer reaches stage 2's F_cls or the messages (F_rel's own layers still learn).
+    with torch.no_grad():
+        model.relation.pair_mlp[2].weight.zero_()
+    model.zero_grad()
+    model(batch, iteration=10).losses["rel"].backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    for name in ("matching_stage2.cls_box.weight", "relational.mlp.0.weight"):
+        assert grads[name] is None or grads[name].abs().max() < 1e-4 * heard[name], name  # float32 rounding only
+    assert grads["relation.mlp.0.weight"].abs().sum() > 0
     with pytest.raises(ValueError, match="relation_geometry needs loss.relation"):
         tiny_config("tsd_str", relation_geometry=True)
     with pytest.raises(ValueError, match="vogn_geometry needs model.vogn"):
