@@ -16,9 +16,9 @@ from typing import Any, Optional
 
 from relground.cli.demo import DEFAULT_IMAGES, DEFAULT_THREADS, run_with_threads  # same benchmark size as the demo
 
-# The demo's schedule, so the rows compare with its numbers: 27 trainings took 40 minutes as two processes
-# with disjoint --rows and the same --out (finished runs are reused), one core each; one process takes about
-# twice that (an estimate, not measured).
+# The demo's schedule, so the rows compare with its numbers. Run two processes with disjoint --rows and the same
+# --out (finished runs are reused), one core each: about 4 minutes per training of the full model, 27 trainings in
+# about 50 minutes (measured: 8 per process in 28-33 minutes); one process takes about twice that.
 DEFAULT_ITERATIONS = 800
 
 
