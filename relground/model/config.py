@@ -251,9 +251,15 @@ class ModelConfig:
         if self.vogn and not self.two_stage:
             raise ValueError("model.vogn needs model.two_stage (the graph feeds the fine stage)")
         if self.vogn_geometry and not self.vogn:
-            raise ValueError("model.vogn_geometry needs model.vogn (it extends the graph's messages)")
+            raise ValueError(
+                "model.vogn_geometry needs model.vogn (it extends the graph's messages); "
+                "turning the graph off, set model.vogn_geometry=false as well"
+            )
         if self.relation_geometry and not self.loss.relation:
-            raise ValueError("model.relation_geometry needs loss.relation (it is an input of the relation classifier)")
+            raise ValueError(
+                "model.relation_geometry needs loss.relation (it is an input of the relation classifier); "
+                "turning the relation loss off, set model.relation_geometry=false as well"
+            )
         if self.loss.relation and not self.two_stage:
             raise ValueError("loss.relation needs model.two_stage (it classifies stage-2 vectors)")
         if self.loss.regression and not self.box_regression:

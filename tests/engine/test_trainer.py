@@ -224,6 +224,7 @@ def test_train_from_config_runs_reir_on_synthetic_data_and_rebuilds_from_checkpo
     generate_synthetic(data, num_images=10, seed=0, image_size=64, workers=1)
     overrides = [
         f"data.root={data}", "data.relations=", "model.loss.relation=false", "model.vogn=false",
+        "model.vogn_geometry=false", "model.relation_geometry=false",
         "data.min_size=64", "data.max_size=64", "model.hidden_dim=16", "model.vogn_dim=8", "model.ranking_dim=8",
         "model.relation_hidden=8", "model.regression_hidden=8", "model.refine_start_iteration=1",
         "solver.ims_per_batch=2", "solver.max_iter=3", "solver.warmup_iters=1", "solver.steps=[2]",
