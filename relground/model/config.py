@@ -136,9 +136,10 @@ class ModelConfig:
             :class:`relground.model.vogn.RelationalGeometryMessages`): box k of phrase i hears, from each related
             phrase j, the relation's categories, i's role in it and where j's expected box lies relative to box k.
             F_rel then reads the box features from before the graph (the categories are in the messages).
-        relation_geometry: F_rel also reads where the object phrase's expected box lies relative to the
-            subject's (alpha^f-weighted means of their K boxes; not in the paper), so the relation loss can reward
-            the box choice that makes the parsed relation true.
+        relation_geometry: F_rel also scores the relative geometry of every (subject box, object box) pair of the
+            two phrases' top-K, and the relation's probability is the mixture over the pairs weighted by their
+            alpha^f (not in the paper), so the relation loss rewards the box choice that makes the parsed relation
+            true. F_rel's appearance branch then pools with a detached alpha^f: only geometry moves the choice.
         score_fusion: how the category prior s_a multiplies the logit: ``product`` (s_hat * s_a, authors) or
             ``sigmoid_product`` (sigmoid(s_hat) * s_a, monotone in both; see docs/model.md).
         ranking_dim: width of the image/caption ranking embeddings. Authors: 512.

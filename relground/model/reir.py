@@ -7,7 +7,7 @@ One forward pass, in the paper's order (shapes: B pairs, M proposals, P phrases,
     x_q, s = phrase_encoder(words)                         # [B, P, d], [B, d]
     stage 1: alpha^c = softmax_{s_a > 0}(F_cls(x_q, x_o) * s_a)   [B, P, M];  delta^c = F_reg(x_q, x_o)
     top-K by alpha^c; refined boxes re-pooled after cfg.refine_start_iteration          # [B, P, K, d]
-    VOGN over parsed relations                                                           # x'_o
+    VOGN over parsed relations (+ typed geometric messages, model.vogn_geometry)        # x'_o
     stage 2: alpha^f = softmax_{s_a > 0}(F_cls(x_q, x'_o) * s_a)  [B, P, K];  delta^f = F_reg(x_q, x'_o)
     prediction: argmax_k alpha^c_k * alpha^f_k, box = decode(delta^f, decode(delta^c, proposal))
 """
