@@ -10,6 +10,14 @@ from torch import Tensor, nn
 
 from relground.losses._dtype import upcast
 
+RELATION_FORMS = ("bce", "ce")  # the loss forms relation_loss computes (``loss.relation_form``)
+
+
+def check_relation_form(form: str) -> None:
+    """Raises ValueError naming ``loss.relation_form`` unless ``form`` is one of :data:`RELATION_FORMS`."""
+    if form not in RELATION_FORMS:
+        raise ValueError(f"loss.relation_form must be one of {RELATION_FORMS}, got {form!r}")
+
 
 def relation_class_weights(counts: Sequence[float] | Tensor, weight_range: float = 9.0) -> Tensor:
     """Per-class weights ``1 + weight_range * minmax(1 / sqrt(count))``: rare relations weigh up to 10x.
@@ -60,8 +68,7 @@ class RelationClassifier(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_relation_classes must be >= 1, got {num_classes}")
-        if form not in ("bce", "ce"):
-            raise ValueError(f"loss.relation_form must be 'bce' or 'ce', got {form!r}")
+        check_relation_form(form)
         self.pair_dim = pair_dim
         self.form = form
         self.mlp = nn.Sequential(nn.Linear(2 * hidden_dim, inner_dim), nn.ReLU(), nn.Linear(inner_dim, num_classes))
@@ -137,8 +144,7 @@ def relation_loss(
     """
     if logits.shape != labels.shape:
         raise ValueError(f"batch.relation_labels must be [R, C_r] = {tuple(logits.shape)}, got {tuple(labels.shape)}")
-    if form not in ("bce", "ce"):
-        raise ValueError(f"loss.relation_form must be 'bce' or 'ce', got {form!r}")
+    check_relation_form(form)
     labelled = labels.sum(1) > 0
     if not labelled.any():
         return logits.sum() * 0.0

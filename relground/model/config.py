@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from relground.losses.relation import check_relation_form
+
 BACKBONES = ("resnet101", "resnet50", "resnet18", "resnet10")
 BOX_HEADS = ("faithful", "fast")
 RNN_TYPES = ("gru", "lstm")
@@ -25,7 +27,6 @@ VOGN_WEIGHTS = ("attention", "uniform")
 STAGE2_POOLINGS = ("fused", "fine")
 RANKING_FORMS = ("hinge", "contrastive")
 REGRESSION_INPUTS = ("box_feature", "pooled", "grid")
-RELATION_FORMS = ("bce", "ce")
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,7 @@ class LossConfig:
         for name in ("lambda_rec", "lambda_reg", "lambda_rel", "lambda_rank", "ranking_margin", "score_gap"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
-        if self.relation_form not in RELATION_FORMS:
-            raise ValueError(f"loss.relation_form must be one of {RELATION_FORMS}, got {self.relation_form!r}")
+        check_relation_form(self.relation_form)
         if self.ranking_form not in RANKING_FORMS:
             raise ValueError(f"loss.ranking_form must be one of {RANKING_FORMS}, got {self.ranking_form!r}")
         if not 0.0 <= self.iou_threshold <= 1.0:

@@ -372,9 +372,10 @@ class ReIR(nn.Module):
                 )
         if self.relation is not None and batch.relation_index.shape[0] > 0:
             # Typed messages carry the relation's categories: F_rel must not read them back from z^f.
-            z_rel = z2 if self.relational is None else torch.einsum("bpk,bpkd->bpd", pool2, x_k_pregraph)
-            if cfg.relation_geometry:  # the box choice learns from the geometry of the pairs, not from appearance
-                z_rel = torch.einsum("bpk,bpkd->bpd", pool2.detach(), x_k_pregraph if self.relational else x_k)
+            features = x_k if self.relational is None else x_k_pregraph
+            # With relation_geometry the box choice learns from the pairs' geometry, not from appearance.
+            weights = pool2.detach() if cfg.relation_geometry else pool2
+            z_rel = z2 if features is x_k and weights is pool2 else torch.einsum("bpk,bpkd->bpd", weights, features)
             pair = pair_weights = None
             if cfg.relation_geometry:  # every (subject box, object box) pair, weighted by their attention
                 item, subject, obj = batch.relation_index.unbind(1)
