@@ -268,3 +268,19 @@ def test_ablation_tiny_markdown_and_resume(tmp_path, capsys):
     assert (tmp_path / "abl" / "runs" / "baseline-seed0" / "metrics.json").stat().st_mtime_ns == stamp
     assert main(["ablation", "--out", str(tmp_path / "x"), "--rows", "nope"]) == 2
     assert "--rows" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ablation_table3_shares_the_config_k_run_and_records_validation(tmp_path, capsys):
+    argv = ["ablation", "--out", str(tmp_path / "abl"), "--rows", "full,full_k3,full_k5", "--seeds", "1",
+            "--images", "10", "--iterations", "1", "--set", "solver.ims_per_batch=4", "--set", "model.top_k=3",
+            "--json"]
+    rows = run_json(capsys, argv)["rows"]
+    # With the config's K = 3, the K = 3 row is the "full" training itself; K = 5 is a training of its own.
+    assert sorted(d.name for d in (tmp_path / "abl" / "runs").iterdir()) == ["full-seed0", "full_k5-seed0"]
+    assert rows["full_k3"] == rows["full"]
+    stored = json.loads((tmp_path / "abl" / "runs" / "full_k5-seed0" / "metrics.json").read_text())["metrics"]
+    assert stored["val"]["count"] > 0 and "val" not in stored["val"]
+    assert rows["full_k5"]["val_accuracy"]["mean"] == pytest.approx(stored["val"]["accuracy"])
+    table = (tmp_path / "abl" / "ablation.md").read_text()
+    assert "the config's K = 3" in table and "| 5 |" in table and "Acc (val)" in table
