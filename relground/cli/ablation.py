@@ -159,11 +159,13 @@ def markdown_tables(summary: dict[str, dict], args, config_k: int) -> str:
     """Table 2 and Table 3 as Markdown, rows that were not run left out; ``config_k`` is the config's K."""
     header = (f"Synthetic benchmark ({args.images} images, data seed {args.data_seed}), {args.iterations} iterations, "
               f"{args.seeds} seed(s) per row; mean ± sample std, in %.\n")
-    lines = [header, "### Table 2: components", "",
-             "| row | TSD | STR | VOGN&RC | Acc | PointIt | Acc (twins) | mean IoU |",
-             "| --- | :-: | :-: | :-: | ---: | ---: | ---: | ---: |"]
-    for row in TABLE2:
-        if row.name in summary:
+    lines = [header]
+    table2_rows = [row for row in TABLE2 if row.name in summary]
+    if table2_rows:
+        lines += ["### Table 2: components", "",
+                  "| row | TSD | STR | VOGN&RC | Acc | PointIt | Acc (twins) | mean IoU |",
+                  "| --- | :-: | :-: | :-: | ---: | ---: | ---: | ---: |"]
+        for row in table2_rows:
             s = summary[row.name]
             lines.append(f"| {row.name} | {row.tsd} | {row.str_} | {row.vogn_rc} | {_cell(s['accuracy'])} | "
                          f"{_cell(s['point_it'])} | {_cell(s['twin_accuracy'])} | {_cell(s['mean_iou'])} |")

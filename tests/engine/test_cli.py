@@ -284,3 +284,6 @@ def test_ablation_table3_shares_the_config_k_run_and_records_validation(tmp_path
     assert rows["full_k5"]["val_accuracy"]["mean"] == pytest.approx(stored["val"]["accuracy"])
     table = (tmp_path / "abl" / "ablation.md").read_text()
     assert "the config's K = 3" in table and "| 5 |" in table and "Acc (val)" in table
+    argv[argv.index("full,full_k3,full_k5")] = "full_k5"  # reuses the run: Table 3 alone
+    assert run_json(capsys, argv)["rows"] == {"full_k5": rows["full_k5"]}
+    assert "Table 2" not in (tmp_path / "abl" / "ablation.md").read_text()
