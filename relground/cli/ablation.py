@@ -18,8 +18,8 @@ from typing import Any, Optional
 from relground.cli.demo import DEFAULT_IMAGES, DEFAULT_THREADS, run_with_threads  # same benchmark size as the demo
 
 # The demo's schedule, so the rows compare with its numbers. Run two processes with disjoint --rows and the same
-# --out (finished runs are reused), one core each: about 4 minutes per training of the full model, 27 trainings in
-# about 50 minutes (measured: 8 per process in 28-33 minutes); one process takes about twice that.
+# --out (finished runs are reused), one core each: 4-5 minutes per training of a two-stage model at K = 10, 27
+# trainings in 50-60 minutes (measured: 9 in one process in 37 minutes); one process takes about twice that.
 DEFAULT_ITERATIONS = 800
 
 
