@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from relground.cli.main import main
 from relground.data.flickr30k import load_flickr30k
@@ -278,6 +279,9 @@ def test_ablation_table3_shares_the_config_k_run_and_records_validation(tmp_path
     rows = run_json(capsys, argv)["rows"]
     # With the config's K = 3, the K = 3 row is the "full" training itself; K = 5 is a training of its own.
     assert sorted(d.name for d in (tmp_path / "abl" / "runs").iterdir()) == ["full-seed0", "full_k5-seed0"]
+    trained_k = {run: yaml.safe_load((tmp_path / "abl" / "runs" / f"{run}-seed0" / "config.yaml").read_text())
+                 ["model"]["top_k"] for run in ("full", "full_k5")}
+    assert trained_k == {"full": 3, "full_k5": 5}  # the row's K wins over --set
     assert rows["full_k3"] == rows["full"]
     stored = json.loads((tmp_path / "abl" / "runs" / "full_k5-seed0" / "metrics.json").read_text())["metrics"]
     assert stored["val"]["count"] > 0 and "val" not in stored["val"]
