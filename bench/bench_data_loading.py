@@ -30,7 +30,7 @@ if __name__ == "__main__":  # script mode: import the checkout without installin
 
 from relground.data.dataset import GroundingDataset, collate_grounding
 from relground.data.proposals import ProposalSet, ProposalStore, write_proposals
-from relground.data.records import ImageAnnotation, PhraseAnnotation, SentenceAnnotation
+from relground.structures.records import ImageAnnotation, PhraseAnnotation, SentenceAnnotation
 from relground.language.vocab import PHRASE_SPECIALS, Vocabulary, tokenize
 from tests.data.conftest import DETECTOR_CLASSES, write_smooth_jpeg
 

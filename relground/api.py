@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from relground.data.proposals import ProposalSet
-from relground.data.records import ImageAnnotation, PhraseAnnotation, RelationAnnotation, SentenceAnnotation
+from relground.structures.records import ImageAnnotation, PhraseAnnotation, RelationAnnotation, SentenceAnnotation
 
 ImageInput = Union[str, Path, Image.Image]
 MARKUP = "[/EN#"
@@ -235,14 +235,14 @@ class TrainedModel:
         return self._annotations[split]
 
     def evaluate(self, split: str = "test", *, return_predictions: bool = False, progress: bool = False):
-        """Metrics of the model on ``split`` (``relground.engine.evaluator.evaluate_model``).
+        """Metrics of the model on ``split`` (``relground.evaluation.evaluator.evaluate_model``).
 
         Returns:
             the metrics dict, or ``(metrics, ModelPredictions)`` when ``return_predictions`` (boxes per stage,
             ``key -> [x1, y1, x2, y2]`` in original pixels, and the proposals the model saw).
         """
         from relground.engine.build import build_loader
-        from relground.engine.evaluator import evaluate_model, load_twins
+        from relground.evaluation.evaluator import evaluate_model, load_twins
 
         images = self.annotations(split)
         loader = build_loader(self.cfg, split, self.model_args, train=False)
@@ -432,7 +432,7 @@ def apply_preset(model_cfg, preset: str, **overrides: Any):
     """
     from dataclasses import fields
 
-    from relground.model.config import ModelConfig
+    from relground.config.model import ModelConfig
 
     default, target = ModelConfig(), ModelConfig.preset(preset)
     changes = {

@@ -11,7 +11,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 
 # Sized for < 10 minutes on 2 CPU cores (generation + 2 trainings + 2 evaluations); docs/results.md has the
 # measured times. 1000 images: the decoder memorises 160 training images' phrases instead of learning to look.
@@ -45,7 +44,7 @@ def register(subparsers) -> None:
 
 def run_with_threads(args, body) -> int:
     """Validate ``--threads`` and run ``body(args)`` with that many torch intra-op threads."""
-    from relground.engine.trainer import intra_op_threads
+    from relground.utils.env import intra_op_threads
 
     if args.threads <= 0:
         raise ValueError(f"--threads: must be positive, got {args.threads}")
@@ -59,7 +58,7 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from relground.api import prepare_synthetic, synthetic_config, train_and_evaluate
-    from relground.engine.visualize import plot_accuracy_vs_iou
+    from relground.evaluation.visualize import plot_accuracy_vs_iou
 
     for flag, value in (("--images", args.images), ("--iterations", args.iterations)):
         if value <= 0:
@@ -154,8 +153,8 @@ def results_table(rows: dict[str, dict]) -> str:
 
 def draw_examples(trained, predictions, folder: Path, count: int) -> list[Path]:
     """Draw the fused predictions (solid) and the ground truth (dashed) for the first ``count`` test captions."""
-    from relground.engine.evaluator import phrase_key
-    from relground.engine.visualize import draw_groundings
+    from relground.evaluation.evaluator import phrase_key
+    from relground.evaluation.visualize import draw_groundings
 
     written = []
     for image in trained.annotations("test"):

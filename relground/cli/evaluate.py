@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from relground.data.config import DATASETS
+from relground.config.data import DATASETS
 
 
 def register(subparsers) -> None:
@@ -53,7 +53,7 @@ def run(args) -> int:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(metrics, indent=2) + "\n")
     if args.plot:
-        from relground.engine.visualize import plot_accuracy_vs_iou
+        from relground.evaluation.visualize import plot_accuracy_vs_iou
 
         curves = {"fused": metrics["acc_at_iou"]}
         means = {"fused": metrics["mean_iou"]}
@@ -64,7 +64,7 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        from relground.engine.evaluator import format_metrics
+        from relground.evaluation.evaluator import format_metrics
 
         print(format_metrics(metrics))
     return 0
@@ -73,7 +73,7 @@ def run(args) -> int:
 def evaluate_file(args) -> dict:
     """File mode: score ``--predictions`` against ``--split`` of ``--dataset`` under ``--root``."""
     from relground.data.stats import load_split
-    from relground.engine.evaluator import evaluate_predictions, load_predictions, load_twins
+    from relground.evaluation.evaluator import evaluate_predictions, load_predictions, load_twins
 
     for flag, value in (("--dataset", args.dataset), ("--root", args.root)):
         if value is None:

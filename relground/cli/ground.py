@@ -28,7 +28,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from relground.api import Grounder
-    from relground.engine.visualize import draw_groundings
+    from relground.evaluation.visualize import draw_groundings
 
     image = Path(args.image)
     if not image.is_file():

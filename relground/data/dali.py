@@ -23,7 +23,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from relground.data.batch import GroundingBatch
+from relground.structures.batch import GroundingBatch
 from relground.data.dataset import GroundingDataset, collate_grounding
 from relground.data.transforms import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD, resize_scale
 

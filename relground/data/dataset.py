@@ -16,10 +16,10 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from relground.data.batch import GroundingBatch
-from relground.data.config import DataConfig
+from relground.structures.batch import GroundingBatch
+from relground.config.data import DataConfig
 from relground.data.proposals import ProposalStore
-from relground.data.records import ImageAnnotation, SentenceAnnotation
+from relground.structures.records import ImageAnnotation, SentenceAnnotation
 from relground.data.samplers import ResumableDistributedSampler
 from relground.data.transforms import resize_scale, resized_size, transform_image
 from relground.language.vocab import tokenize
@@ -185,7 +185,7 @@ def collate_grounding(items: Sequence[GroundingItem], num_relation_classes: int 
             with zeros to the largest height and width of the batch.
 
     Returns:
-        GroundingBatch: see ``relground/data/batch.py``; P, T and L are the batch maxima.
+        GroundingBatch: see ``relground/structures/batch.py``; P, T and L are the batch maxima.
     """
     if not items:
         raise ValueError("collate_grounding: items is empty")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from relground.data.records import Box, ImageAnnotation, PhraseAnnotation, SentenceAnnotation
+from relground.structures.records import Box, ImageAnnotation, PhraseAnnotation, SentenceAnnotation
 
 logger = logging.getLogger(__name__)
 

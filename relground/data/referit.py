@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from relground.data.records import ImageAnnotation, PhraseAnnotation, SentenceAnnotation
+from relground.structures.records import ImageAnnotation, PhraseAnnotation, SentenceAnnotation
 
 QUERY_FILE = "referit_query_{split}.json"
 BBOX_FILE = "referit_bbox.json"

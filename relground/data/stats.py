@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from relground.data.records import ImageAnnotation
+from relground.structures.records import ImageAnnotation
 
 
 def split_stats(images: list[ImageAnnotation]) -> dict[str, int]:

@@ -8,7 +8,7 @@
     DIR/train.txt val.txt test.txt   image ids, 80/10/10 split by image
     DIR/proposals.h5              one proposal store for all splits (``relground.data.proposals`` format)
     DIR/twins.json                {image_id: [chain ids of the two identical twins]} for the evaluator's
-                                  ``twin`` / ``no_twin`` groups (``relground.engine.evaluator.load_twins``)
+                                  ``twin`` / ``no_twin`` groups (``relground.evaluation.evaluator.load_twins``)
     DIR/synthetic.json            generation arguments + the measured properties printed by the CLI (no timing)
 
 Image ids are 7-digit numbers (``1000000 + index``); chain ids are unique over the dataset
@@ -134,7 +134,7 @@ SMALL_BELOW, BIG_ABOVE = 0.145, 0.225  # size-adjective thresholds (fraction of 
 MIN_GAP = 3  # pixels between objects, so every pair is separated and relations are crisp
 JPEG_QUALITY = 90
 FIRST_IMAGE_ID = 1_000_000
-TWINS_FILE = "twins.json"  # also read by relground.engine.evaluator.load_twins
+TWINS_FILE = "twins.json"  # also read by relground.evaluation.evaluator.load_twins
 MIN_IMAGES = 10  # so that train, val and test are all non-empty
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 64, 1024
 

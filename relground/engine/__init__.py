@@ -4,8 +4,8 @@
 """
 from relground.engine.checkpoint import Checkpointer, load_checkpoint
 from relground.engine.hooks import HookBase
-from relground.engine.solver import SolverConfig, build_lr_scheduler, build_optimizer
-from relground.engine.trainer import Trainer, TrainConfig, train
+from relground.engine.solver import build_lr_scheduler, build_optimizer
+from relground.engine.trainer import Trainer, train
 
 __all__ = [
     "Checkpointer",

@@ -29,8 +29,8 @@ from relground.engine.solver import per_process_batch_size
 
 if TYPE_CHECKING:
     from relground.config import Config
-    from relground.data.config import DataConfig
-    from relground.data.records import ImageAnnotation
+    from relground.config.data import DataConfig
+    from relground.structures.records import ImageAnnotation
     from relground.model.reir import ReIR
 
 GLOVE_DIM = 50  # model.word_dim of the shared GloVe 6B 50-d vectors: the caption embedding starts from them
@@ -149,7 +149,7 @@ def build_loader(
 
 def _cuda_index(cfg: "Config") -> Optional[int]:
     """The CUDA device index this process uses (for DALI's GPU decoding), None on CPU."""
-    from relground.engine.trainer import resolve_device
+    from relground.utils.env import resolve_device
 
     device = resolve_device(cfg.train.device)
     return device.index if device.type == "cuda" else None

@@ -2,7 +2,7 @@
 
 Public API (used by ``relground train``, the evaluator/ablation CLIs and the tests)::
 
-    from relground.engine import Trainer, TrainConfig, train
+    from relground.engine import Trainer, train
 
     result = train(cfg, resume=False, hooks=[])   # cfg: relground.config.Config
     result["checkpoint"]  # path of model_final.pth (or of the checkpoint written on SIGTERM/SIGINT)
@@ -32,18 +32,14 @@ consumed in it) and hook states.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import random
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -51,103 +47,14 @@ from torch.nn.parallel import DistributedDataParallel
 from relground.engine import distributed as du
 from relground.engine.checkpoint import Checkpointer, capture_rng_state, load_checkpoint, restore_rng_state
 from relground.engine.hooks import HookBase, MetricsWriter, PeriodicCheckpointer, ProgressBar, SignalHandler
-from relground.engine.solver import SolverConfig, build_lr_scheduler, build_optimizer, per_process_batch_size
+from relground.config.solver import SolverConfig
+from relground.config.train import TrainConfig
+from relground.engine.solver import build_lr_scheduler, build_optimizer, per_process_batch_size
+from relground.utils.env import intra_op_threads, resolve_amp_dtype, resolve_device, seed_all
 
 if TYPE_CHECKING:
     from relground.config import Config
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to run training (``train.*`` in the YAML files).
-
-    Attributes:
-        device: ``"auto"`` (``cuda:<LOCAL_RANK>`` when CUDA is available, else ``cpu``), ``"cpu"`` or ``"cuda"``.
-        amp: autocast precision: ``"auto"`` (bf16 on GPU, fp32 on CPU), ``"bf16"``, ``"fp16"`` (with a
-            ``torch.amp.GradScaler``) or ``"fp32"``.
-        accumulation_steps: micro-batches per optimizer step (>= 1).
-        checkpoint_period: iterations between checkpoints (5000).
-        keep_checkpoints: periodic checkpoints kept on disk (3); ``model_final.pth`` is always kept.
-        log_period: iterations between CSV/TensorBoard rows (20).
-        progress_bar: show a tqdm bar on rank 0.
-        tensorboard: write TensorBoard events next to ``metrics.csv``.
-        find_unused_parameters: DistributedDataParallel flag; True because ReIR leaves heads unused on
-            some batches (e.g. the relation classifier when a batch has no relation).
-        threads: torch intra-op threads while training on the CPU; 0 = torch's default. The synthetic config
-            sets 1: this model's small matrices gain nothing from more, and on a busy 2-core machine spinning
-            OpenMP threads made steps ~10x slower (docs/results.md).
-        max_loss: stop like the NaN guard when the total or any loss term exceeds this in magnitude; None (default)
-            = only NaN/inf stop. A diverging run (a loss at 1e31 hundreds of steps before it turns inf) then ends
-            at once, with the last good checkpoint named.
-    """
-
-    device: str = "auto"
-    amp: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    accumulation_steps: int = 1
-    checkpoint_period: int = 5000
-    keep_checkpoints: int = 3
-    log_period: int = 20
-    progress_bar: bool = True
-    tensorboard: bool = True
-    find_unused_parameters: bool = True
-    threads: int = 0
-    max_loss: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        if self.max_loss is not None and not self.max_loss > 0:
-            raise ValueError(f"train.max_loss must be > 0 or null, got {self.max_loss}")
-        if self.threads < 0:
-            raise ValueError(f"train.threads must be >= 0 (0 = torch's default), got {self.threads}")
-        for name in ("accumulation_steps", "checkpoint_period", "keep_checkpoints", "log_period"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.device != "auto" and torch.device(self.device).type not in ("cpu", "cuda"):
-            raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> this process's GPU (``LOCAL_RANK``) when CUDA is available, else the CPU.
-
-    Raises:
-        ValueError: CUDA was asked for but is not available.
-    """
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"train.device is {name!r} but CUDA is not available")
-        if device.index is None:
-            device = torch.device("cuda", du.get_local_rank())
-    return device
-
-
-def resolve_amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype, or None for float32."""
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return AMP_DTYPES[amp]
-
-
-@contextlib.contextmanager
-def intra_op_threads(count: int):
-    """``torch.set_num_threads(count)`` for the block (0 = leave it), the previous count restored afterwards."""
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def seed_all(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

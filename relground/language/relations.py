@@ -48,7 +48,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from relground.data.records import ImageAnnotation, RelationAnnotation, SentenceAnnotation
+from relground.structures.records import ImageAnnotation, RelationAnnotation, SentenceAnnotation
 
 logger = logging.getLogger(__name__)
 

@@ -8,15 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from relground.config.model import check_relation_form
 from relground.losses._dtype import upcast
 
-RELATION_FORMS = ("bce", "ce")  # the loss forms relation_loss computes (``loss.relation_form``)
-
-
-def check_relation_form(form: str) -> None:
-    """Raises ValueError naming ``loss.relation_form`` unless ``form`` is one of :data:`RELATION_FORMS`."""
-    if form not in RELATION_FORMS:
-        raise ValueError(f"loss.relation_form must be one of {RELATION_FORMS}, got {form!r}")
 
 
 def relation_class_weights(counts: Sequence[float] | Tensor, weight_range: float = 9.0) -> Tensor:

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from relground.data.batch import GroundingBatch
+from relground.structures.batch import GroundingBatch
 from relground.losses import (
     PhraseDecoder,
     RankingEmbedding,
@@ -35,7 +35,7 @@ from relground.losses import (
 )
 from relground.model.backbone import ResNetBackbone
 from relground.model.box_head import BoxHead
-from relground.model.config import LossConfig, ModelConfig
+from relground.config.model import LossConfig, ModelConfig
 from relground.model.matching import BoxDecoder, MatchingHeads, gather_topk, prior_attention, select_topk
 from relground.model.phrase_encoder import PhraseEncoder
 from relground.model.vogn import (

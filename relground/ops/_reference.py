@@ -6,7 +6,6 @@ Used twice: as the fallback when ``relground._C`` is missing (or a model runs wi
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import Tensor
 
 
@@ -14,6 +13,8 @@ def _roi_align_avg_reference(
     input: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int = -1, aligned: bool = True
 ) -> Tensor:
     """torchvision RoIAlign at ``output_size`` x ``output_size`` followed by a spatial mean -> [K, C]."""
+    import torchvision  # here, not at the top: `import relground.ops` loads no third-party module but torch
+
     compute_dtype = input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32
     pooled = torchvision.ops.roi_align(
         input.to(compute_dtype), rois.to(compute_dtype), output_size, spatial_scale, sampling_ratio, aligned

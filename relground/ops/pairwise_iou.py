@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-import relground
+from relground.extension import HAS_OPS
 from relground.ops._reference import _pairwise_iou_reference
 
 __all__ = ["pairwise_iou"]
@@ -45,14 +45,14 @@ def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     if squeeze:
         boxes1, boxes2 = boxes1[None], boxes2[None]  # [1, N, 4], [1, M, 4]
     boxes1, boxes2 = boxes1.detach(), boxes2.detach()
-    if relground.HAS_OPS:
+    if HAS_OPS:
         iou = torch.ops.relground.pairwise_iou(boxes1, boxes2)  # [B, N, M]
     else:
         iou = _pairwise_iou_reference(boxes1, boxes2)
     return iou[0] if squeeze else iou
 
 
-if relground.HAS_OPS:
+if HAS_OPS:
 
     @torch.library.register_fake("relground::pairwise_iou")
     def _pairwise_iou_fake(boxes1: Tensor, boxes2: Tensor) -> Tensor:

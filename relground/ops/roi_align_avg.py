@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops._utils import check_roi_boxes_shape, convert_boxes_to_roi_format
 
-import relground
+from relground.extension import HAS_OPS
 from relground.ops._reference import _roi_align_avg_reference
 
 __all__ = ["roi_align_avg"]
@@ -67,10 +66,13 @@ def roi_align_avg(
         tensor([[7.5000]])
     """
     if isinstance(rois, (list, tuple)):  # one [L_i, 4] tensor per image; a Tensor is checked by the op itself
+        # torchvision only here: `import relground.ops` loads no third-party module but torch.
+        from torchvision.ops._utils import check_roi_boxes_shape, convert_boxes_to_roi_format
+
         check_roi_boxes_shape(rois)
         rois = convert_boxes_to_roi_format(rois)
     pooled_height, pooled_width = (output_size, output_size) if isinstance(output_size, int) else output_size
-    if not relground.HAS_OPS or (input.is_cuda and torch.are_deterministic_algorithms_enabled()):
+    if not HAS_OPS or (input.is_cuda and torch.are_deterministic_algorithms_enabled()):
         output_hw = (pooled_height, pooled_width)
         return _roi_align_avg_reference(input, rois, output_hw, spatial_scale, sampling_ratio, aligned)
     return torch.ops.relground.roi_align_avg(
@@ -83,7 +85,7 @@ def _is_channels_last(input: Tensor) -> bool:
     return input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous()
 
 
-if relground.HAS_OPS:
+if HAS_OPS:
 
     @torch.library.register_fake("relground::roi_align_avg")
     def _roi_align_avg_fake(input, rois, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned):

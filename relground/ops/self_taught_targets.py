@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-import relground
+from relground.extension import HAS_OPS
 from relground.ops._reference import _self_taught_targets_reference
 
 __all__ = ["self_taught_targets"]
@@ -63,14 +63,14 @@ def self_taught_targets(
     """
     boxes, scores = boxes.detach(), scores.detach()
     weights = tuple(float(w) for w in weights)
-    if relground.HAS_OPS:
+    if HAS_OPS:
         return torch.ops.relground.self_taught_targets(
             boxes, scores, float(iou_threshold), float(score_gap), list(weights), valid
         )
     return _self_taught_targets_reference(boxes, scores, iou_threshold, score_gap, weights, valid)
 
 
-if relground.HAS_OPS:
+if HAS_OPS:
 
     @torch.library.register_fake("relground::self_taught_targets")
     def _self_taught_targets_fake(boxes, scores, iou_threshold=0.6, score_gap=0.1, weights=(10.0, 10.0, 5.0, 5.0),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-import relground
+from relground.extension import HAS_OPS
 from relground.ops._reference import _topk_select_reference
 
 __all__ = ["topk_select"]
@@ -44,12 +44,12 @@ def topk_select(scores: Tensor, k: int, valid: Tensor | None = None) -> tuple[Te
         (tensor([[0.9000, 0.9000, 0.1000,   -inf]]), tensor([[ 1,  2,  0, -1]]))
     """
     scores = scores.detach()
-    if relground.HAS_OPS:
+    if HAS_OPS:
         return torch.ops.relground.topk_select(scores, k, valid)
     return _topk_select_reference(scores, k, valid)
 
 
-if relground.HAS_OPS:
+if HAS_OPS:
 
     @torch.library.register_fake("relground::topk_select")
     def _topk_select_fake(scores: Tensor, k: int, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from relground.data.batch import GroundingBatch
-from relground.data.config import DataConfig
+from relground.structures.batch import GroundingBatch
+from relground.config.data import DataConfig
 from relground.data.dataset import GroundingDataset, build_dataloader, build_dataset, collate_grounding
 from relground.data.flickr30k import load_flickr30k
 from relground.data.proposals import ProposalStore
-from relground.data.records import RelationAnnotation
+from relground.structures.records import RelationAnnotation
 from relground.language.vocab import CAPTION_SPECIALS, PHRASE_SPECIALS, Vocabulary, tokenize
 from tests.data.conftest import DETECTOR_CLASSES, make_grounding_root
 

@@ -9,8 +9,8 @@ import torch.multiprocessing as mp
 
 from relground.engine import distributed as du
 from relground.engine.checkpoint import Checkpointer, load_checkpoint
-from relground.engine.solver import SolverConfig
-from relground.engine.trainer import TrainConfig, Trainer
+from relground.config import SolverConfig, TrainConfig
+from relground.engine.trainer import Trainer
 from tests.engine import ToyDataset, ToyModel, parameters_of, toy_loader
 
 WORLD_SIZE = 2

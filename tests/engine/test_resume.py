@@ -23,8 +23,8 @@ import torch
 
 from relground.engine.checkpoint import Checkpointer, load_checkpoint
 from relground.engine.hooks import HookBase
-from relground.engine.solver import SolverConfig
-from relground.engine.trainer import TrainConfig, Trainer
+from relground.config import SolverConfig, TrainConfig
+from relground.engine.trainer import Trainer
 from tests.engine import ToyDataset, ToyModel, parameters_of, toy_loader
 from tests.utils import REPO
 

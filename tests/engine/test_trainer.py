@@ -7,10 +7,12 @@ import math
 import pytest
 import torch
 
-from relground.engine.checkpoint import Checkpointer, atomic_torch_save, load_checkpoint
+from relground.engine.checkpoint import Checkpointer, load_checkpoint
+from relground.utils.io import atomic_torch_save
 from relground.engine.hooks import HookBase
-from relground.engine.solver import SolverConfig, build_lr_scheduler, build_optimizer
-from relground.engine.trainer import DataStream, TrainConfig, Trainer
+from relground.config import SolverConfig, TrainConfig
+from relground.engine.solver import build_lr_scheduler, build_optimizer
+from relground.engine.trainer import DataStream, Trainer
 from tests.engine import ToyDataset, ToyModel, collate_toy, parameters_of, toy_loader
 
 QUIET = dict(progress_bar=False, tensorboard=False)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from relground.data.flickr30k import parse_sentence_line
-from relground.data.records import ImageAnnotation, PhraseAnnotation, RelationAnnotation, SentenceAnnotation
+from relground.structures.records import ImageAnnotation, PhraseAnnotation, RelationAnnotation, SentenceAnnotation
 from relground.language import relations as rel
 
 # The language extras (pyproject `language`) are absent on the GPU test machine.

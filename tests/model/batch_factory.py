@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from relground.data.batch import GroundingBatch
+from relground.structures.batch import GroundingBatch
 from relground.model import ModelConfig
 
 CAPTION_VOCAB = 40

@@ -29,7 +29,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from relground.data.records import Box, ImageAnnotation
+from relground.structures.records import Box, ImageAnnotation
 from relground.data.synthetic import TWINS_FILE  # the generator writes it, the evaluator reads it
 from relground.ops import pairwise_iou
 
@@ -142,7 +142,7 @@ def grounding_metrics(
         Rates are fractions in [0, 1]; ``None`` for an empty group.
 
     Example:
-        >>> from relground.engine.evaluator import EvalPhrase, grounding_metrics
+        >>> from relground.evaluation.evaluator import EvalPhrase, grounding_metrics
         >>> gt = [EvalPhrase(("1", 0, 0), (0.0, 0.0, 10.0, 10.0), "people")]
         >>> grounding_metrics(gt, {("1", 0, 0): [0.0, 0.0, 10.0, 5.0]})["accuracy"]  # IoU exactly 0.5
         1.0

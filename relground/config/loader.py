@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import os
 import sys
 import types
@@ -36,28 +35,15 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from relground.engine.solver import SolverConfig
-from relground.engine.trainer import TrainConfig
+from relground.config.data import DataConfig
+from relground.config.model import LossConfig, ModelConfig
+from relground.config.solver import SolverConfig
+from relground.config.train import TrainConfig
+from relground.utils.io import atomic_write
 
-if typing.TYPE_CHECKING:
-    from relground.data.config import DataConfig
-    from relground.model.config import LossConfig, ModelConfig
-
-# Sections written by other layers, imported on first use so this module imports without them.
-_LAZY_SECTIONS = {"DataConfig": "relground.data.config", "ModelConfig": "relground.model.config"}
 BASE_KEY = "_base_"
 _NONE_WORDS = ("none", "null", "~")
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
-
-
-def _lazy(name: str):
-    """A default factory that imports ``name`` from its module when first called."""
-
-    def factory():
-        return getattr(importlib.import_module(_LAZY_SECTIONS[name]), name)()
-
-    factory.__name__ = f"default_{name}"
-    return factory
 
 
 @dataclass(frozen=True)
@@ -65,17 +51,17 @@ class Config:
     """A complete experiment.
 
     Attributes:
-        data: :class:`relground.data.config.DataConfig`.
-        model: :class:`relground.model.config.ModelConfig`; its ``loss`` field is the :class:`LossConfig`.
-        solver: :class:`relground.engine.solver.SolverConfig`.
-        train: :class:`relground.engine.trainer.TrainConfig`.
+        data: :class:`relground.config.data.DataConfig`.
+        model: :class:`relground.config.model.ModelConfig`; its ``loss`` field is the :class:`LossConfig`.
+        solver: :class:`relground.config.solver.SolverConfig`.
+        train: :class:`relground.config.train.TrainConfig`.
         seed: seed of python/numpy/torch (the authors': 10).
         output_dir: run folder for config.yaml, checkpoints, metrics.csv and TensorBoard events.
         name: free-form run name, for logs.
     """
 
-    data: "DataConfig" = field(default_factory=_lazy("DataConfig"))
-    model: "ModelConfig" = field(default_factory=_lazy("ModelConfig"))
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 10
@@ -83,7 +69,7 @@ class Config:
     name: str = ""
 
     @property
-    def loss(self) -> "LossConfig":
+    def loss(self) -> LossConfig:
         """The loss weights and schedules (stored as ``model.loss``, where the model reads them)."""
         return self.model.loss
 
@@ -92,12 +78,6 @@ class Config:
 def _type_hints(cls: type) -> dict[str, Any]:
     """Resolved annotations of a dataclass (string annotations included)."""
     namespace = dict(vars(sys.modules[cls.__module__]))
-    for name, module in _LAZY_SECTIONS.items():
-        if name not in namespace:
-            try:
-                namespace[name] = getattr(importlib.import_module(module), name)
-            except ImportError:
-                pass  # only needed when that section is actually read
     return typing.get_type_hints(cls, globalns=namespace)
 
 
@@ -362,7 +342,7 @@ def merge_dicts(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str,
 def shipped_config_dirs() -> list[Path]:
     """Where the configs relground ships live: ``relground/configs`` in an installed wheel, ``configs/`` beside
     the package in a checkout (or an editable install)."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # relground/
     return [d for d in (package / "configs", package.parent / "configs") if d.is_dir()]
 
 
@@ -439,7 +419,6 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
 
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     """Write ``cfg`` as YAML (every field, defaults included) so that ``load_config(path)`` rebuilds it."""
-    from relground.engine.checkpoint import atomic_write
 
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
     return atomic_write(path, lambda f: f.write(text.encode()))

@@ -16,8 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from relground.losses.relation import check_relation_form
-
+RELATION_FORMS = ("bce", "ce")  # the loss forms relation_loss computes (``loss.relation_form``)
 BACKBONES = ("resnet101", "resnet50", "resnet18", "resnet10")
 BOX_HEADS = ("faithful", "fast")
 RNN_TYPES = ("gru", "lstm")
@@ -27,6 +26,12 @@ VOGN_WEIGHTS = ("attention", "uniform")
 STAGE2_POOLINGS = ("fused", "fine")
 RANKING_FORMS = ("hinge", "contrastive")
 REGRESSION_INPUTS = ("box_feature", "pooled", "grid")
+
+
+def check_relation_form(form: str) -> None:
+    """Raises ValueError naming ``loss.relation_form`` unless ``form`` is one of :data:`RELATION_FORMS`."""
+    if form not in RELATION_FORMS:
+        raise ValueError(f"loss.relation_form must be one of {RELATION_FORMS}, got {form!r}")
 
 
 @dataclass(frozen=True)

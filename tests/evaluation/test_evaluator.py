@@ -13,9 +13,9 @@ import torch
 import torchvision
 from PIL import Image
 
-from relground.data.batch import GroundingBatch
-from relground.data.records import ImageAnnotation, PhraseAnnotation, SentenceAnnotation
-from relground.engine.evaluator import (
+from relground.structures.batch import GroundingBatch
+from relground.structures.records import ImageAnnotation, PhraseAnnotation, SentenceAnnotation
+from relground.evaluation.evaluator import (
     IOU_THRESHOLDS,
     EvalPhrase,
     evaluate_model,
@@ -27,7 +27,7 @@ from relground.engine.evaluator import (
     proposal_upper_bound,
     save_predictions,
 )
-from relground.engine.visualize import PALETTE, draw_groundings, plot_accuracy_vs_iou
+from relground.evaluation.visualize import PALETTE, draw_groundings, plot_accuracy_vs_iou
 from tests.utils import SHARED_DATA, needs_shared_data
 
 

@@ -1,0 +1,55 @@
+"""``TrainConfig``: how a training run is executed (``train.*``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to run training (``train.*`` in the YAML files).
+
+    Attributes:
+        device: ``"auto"`` (``cuda:<LOCAL_RANK>`` when CUDA is available, else ``cpu``), ``"cpu"`` or ``"cuda"``.
+        amp: autocast precision: ``"auto"`` (bf16 on GPU, fp32 on CPU), ``"bf16"``, ``"fp16"`` (with a
+            ``torch.amp.GradScaler``) or ``"fp32"``.
+        accumulation_steps: micro-batches per optimizer step (>= 1).
+        checkpoint_period: iterations between checkpoints (5000).
+        keep_checkpoints: periodic checkpoints kept on disk (3); ``model_final.pth`` is always kept.
+        log_period: iterations between CSV/TensorBoard rows (20).
+        progress_bar: show a tqdm bar on rank 0.
+        tensorboard: write TensorBoard events next to ``metrics.csv``.
+        find_unused_parameters: DistributedDataParallel flag; True because ReIR leaves heads unused on
+            some batches (e.g. the relation classifier when a batch has no relation).
+        threads: torch intra-op threads while training on the CPU; 0 = torch's default. The synthetic config
+            sets 1: this model's small matrices gain nothing from more, and on a busy 2-core machine spinning
+            OpenMP threads made steps ~10x slower (docs/results.md).
+        max_loss: stop like the NaN guard when the total or any loss term exceeds this in magnitude; None (default)
+            = only NaN/inf stop. A diverging run (a loss at 1e31 hundreds of steps before it turns inf) then ends
+            at once, with the last good checkpoint named.
+    """
+
+    device: str = "auto"
+    amp: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    accumulation_steps: int = 1
+    checkpoint_period: int = 5000
+    keep_checkpoints: int = 3
+    log_period: int = 20
+    progress_bar: bool = True
+    tensorboard: bool = True
+    find_unused_parameters: bool = True
+    threads: int = 0
+    max_loss: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.max_loss is not None and not self.max_loss > 0:
+            raise ValueError(f"train.max_loss must be > 0 or null, got {self.max_loss}")
+        if self.threads < 0:
+            raise ValueError(f"train.threads must be >= 0 (0 = torch's default), got {self.threads}")
+        for name in ("accumulation_steps", "checkpoint_period", "keep_checkpoints", "log_period"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.device != "auto" and torch.device(self.device).type not in ("cpu", "cuda"):
+            raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")

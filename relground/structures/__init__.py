@@ -1,0 +1,1 @@
+"""Plain structures every layer shares: annotation records, the model's batch, boxes."""

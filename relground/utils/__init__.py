@@ -1,0 +1,1 @@
+"""Small helpers with no relground dependency: atomic file writes, device / seed / thread settings."""
