@@ -1,10 +1,24 @@
 """``relground data ...``: dataset statistics, relation parsing, synthetic benchmark, proposals.
 
-The parsers live here; the work is done by functions in ``relground.data`` / ``relground.language``.
+The parsers and the printing live here; the work is done by plain functions in ``relground.data`` and
+``relground.language``.
 """
 from __future__ import annotations
 
-DATASETS = ("flickr30k", "referit", "synthetic")
+import json
+from pathlib import Path
+
+from relground.data.catalog import CATALOG, dataset_entry, image_sizes_from_root, load_split
+from relground.data.flickr30k import load_flickr30k
+from relground.data.proposals import (
+    convert_bottom_up, detect_proposals, detector_class_names, image_files, read_class_names, write_proposals,
+)
+from relground.data.synthetic import format_properties, generate_synthetic
+from relground.language.relations import (
+    PARSE_FORMAT_VERSION, PARSER_MODEL, build_relations, load_categories, parse_captions,
+)
+
+DATASETS = tuple(CATALOG)
 
 
 def register(subparsers) -> None:
@@ -16,7 +30,7 @@ def register(subparsers) -> None:
     stats.add_argument("--root", required=True, help="dataset root (Flickr30K Entities layout, or text_objseg folder)")
     stats.add_argument("--split", default="test", help="train, val or test")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
-    stats.set_defaults(func=_stats)
+    stats.set_defaults(func=run_stats)
 
     rel = sub.add_parser("relations", help="parse captions into relations and build the relation-category vocabulary")
     rel.add_argument("--root", required=True, help="dataset root in the Flickr30K Entities layout")
@@ -32,7 +46,7 @@ def register(subparsers) -> None:
         "required for val / test so that category ids match training",
     )
     rel.add_argument("--json", action="store_true", help="print the summary as JSON")
-    rel.set_defaults(func=_relations)
+    rel.set_defaults(func=run_relations)
 
     synth = sub.add_parser("synth", help="generate the synthetic grounding benchmark (Flickr30K Entities layout)")
     synth.add_argument("--out", required=True, help="output folder")
@@ -40,7 +54,7 @@ def register(subparsers) -> None:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--image-size", type=int, default=128, help="side of the square images in pixels")
     synth.add_argument("--json", action="store_true", help="print the measured properties as JSON")
-    synth.set_defaults(func=_synth)
+    synth.set_defaults(func=run_synth)
 
     conv = sub.add_parser("convert-proposals", help="convert a bottom-up-attention style pickle to relground HDF5")
     conv.add_argument("--pickle", required=True, help="{image_id: {'boxes': [N, 6] x1,y1,x2,y2,score,label}}")
@@ -48,7 +62,7 @@ def register(subparsers) -> None:
     conv.add_argument("--root", default=None, help="dataset root, to read image sizes from the annotations")
     conv.add_argument("--max-proposals", type=int, default=50)
     conv.add_argument("--out", required=True, help="output .h5 file")
-    conv.set_defaults(func=_convert)
+    conv.set_defaults(func=run_convert)
 
     det = sub.add_parser("detect-proposals", help="run a torchvision detector (local weights file) over images")
     det.add_argument("--images", required=True, help="folder of images")
@@ -58,34 +72,88 @@ def register(subparsers) -> None:
     det.add_argument("--score-threshold", type=float, default=0.0)
     det.add_argument("--device", default="cpu")
     det.add_argument("--out", required=True, help="output .h5 file")
-    det.set_defaults(func=_detect)
+    det.set_defaults(func=run_detect)
 
 
-def _stats(args) -> int:
-    from relground.data.stats import run_stats
-
-    return run_stats(args)
-
-
-def _relations(args) -> int:
-    from relground.language.relations import run_relations
-
-    return run_relations(args)
-
-
-def _synth(args) -> int:
-    from relground.data.synthetic import run_synth
-
-    return run_synth(args)
+def run_stats(args) -> int:
+    """``relground data stats``: print the counts of ``args.split`` of ``args.dataset`` under ``args.root``."""
+    entry = dataset_entry(args.dataset)
+    images = load_split(args.dataset, args.root, args.split)
+    stats = {"dataset": args.dataset, "split": args.split, **entry.stats(images)}
+    if args.json:
+        print(json.dumps(stats))
+    else:
+        for key, value in stats.items():
+            print(f"{key:>18}: {value}")
+    return 0
 
 
-def _convert(args) -> int:
-    from relground.data.proposals import run_convert
+def run_relations(args) -> int:
+    """``relground data relations``: parse a split, build (or reuse) categories, write the JSON."""
+    out = Path(args.out)
+    categories = None
+    if getattr(args, "categories", None):  # checked first: a wrong path should fail before the slow load
+        categories = [c["name"] for c in load_categories(args.categories)]
+    images = load_flickr30k(args.root, args.split)
+    cache_dir = args.cache_dir if args.cache_dir is not None else out.parent / ".relground-parse-cache"
+    captions = [s.text for image in images for s in image.sentences]
+    parses, parse_info = parse_captions(captions, workers=args.workers, cache_dir=cache_dir, progress=True)
+    result = build_relations(images, parses, categories=categories, min_freq=args.min_freq)
+    result["split"] = args.split
+    result["parse"] = {"model": PARSER_MODEL, "format": PARSE_FORMAT_VERSION, **parse_info}
+    if categories is not None:
+        result["categories_from"] = str(args.categories)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f)
 
-    return run_convert(args)
+    summary = {"split": args.split, "min_freq": result["min_freq"], "num_categories": len(result["categories"]),
+               **result["stats"], "parse": result["parse"], "out": str(out)}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        stats = result["stats"]
+        print(f"{len(result['categories'])} relation categories"
+              + (f" (count > {args.min_freq})" if categories is None else f" (from {args.categories})"))
+        print(f"{stats['relations']} relations in {stats['sentences']} sentences; "
+              f"{stats['fraction_grounded_in_relation']:.1%} of grounded phrases in at least one relation")
+        if parse_info["cache_hit"]:
+            print(f"parses read from {parse_info['cache_file']}")
+        else:
+            print(f"parsed {parse_info['captions']} captions in {parse_info['seconds']:.0f} s "
+                  f"({parse_info['captions_per_second']:.1f} captions/s, {parse_info['workers']} workers)")
+        print(f"wrote {out}")
+    return 0
 
 
-def _detect(args) -> int:
-    from relground.data.proposals import run_detect
+def run_synth(args) -> int:
+    """``relground data synth``: generate, then print the properties (``--json``: one JSON object)."""
+    props = generate_synthetic(args.out, args.images, args.seed, args.image_size, progress=not args.json)
+    print(json.dumps(props, sort_keys=True) if args.json else format_properties(props))
+    return 0
 
-    return run_detect(args)
+
+def run_convert(args) -> int:
+    """``relground data convert-proposals``: bottom-up pickle -> HDF5. Image sizes from ``--root`` annotations."""
+    class_names = read_class_names(args.class_names)
+    if args.root is None:
+        raise ValueError("--root: needed to read image sizes from the dataset annotations")
+    image_sizes = image_sizes_from_root(args.root)
+    sets = convert_bottom_up(args.pickle, class_names, image_sizes, args.max_proposals)
+    write_proposals(args.out, sets, class_names)
+    print(f"wrote {len(sets)} images to {args.out}")
+    return 0
+
+
+def run_detect(args) -> int:
+    """``relground data detect-proposals``: torchvision detector (local weights) over a folder -> HDF5."""
+    folder = Path(args.images)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--images: folder not found: {folder}")
+    paths = image_files(folder)
+    if not paths:
+        raise ValueError(f"--images: no .jpg/.jpeg/.png/.bmp files in {folder}")
+    sets = detect_proposals(paths, args.weights, args.arch, args.max_proposals, args.score_threshold, args.device)
+    write_proposals(args.out, sets, detector_class_names(args.arch, sets))
+    print(f"wrote {len(sets)} images to {args.out}")
+    return 0

@@ -4,24 +4,15 @@ Generates the benchmark, trains the full ReIR model and the coarse-matching base
 with the same data, schedule and seed, evaluates both on the synthetic test split, draws example
 groundings and the accuracy-vs-IoU plot, and prints a results table. ``--json``: the last stdout line is
 one JSON object (``accuracy``, ``baseline_accuracy``, ``upper_bound``, ``point_it``, ``seconds``, ...).
+
+The work is :func:`relground.experiments.demo.run_demo`; this module parses and prints.
 """
 from __future__ import annotations
 
 import json
-import time
-from pathlib import Path
 
-
-# Sized for < 10 minutes on 2 CPU cores (generation + 2 trainings + 2 evaluations); docs/results.md has the
-# measured times. 1000 images: the decoder memorises 160 training images' phrases instead of learning to look.
-DEFAULT_IMAGES = 1000
-DEFAULT_ITERATIONS = 800
-# One intra-op thread: the per-item image transforms and the small matrices of this model gain nothing from a
-# second thread, and on a busy machine OpenMP threads spinning against other processes made the data loading
-# ~10x slower (measured 1.4-1.9 s vs 0.16 s per 16-32 pairs).
-DEFAULT_THREADS = 1
-DEFAULT_EXAMPLES = 4
-MODELS = (("full", "full"), ("baseline", "baseline"))  # (run name, ModelConfig preset)
+from relground.experiments.demo import DEFAULT_EXAMPLES, DEFAULT_IMAGES, DEFAULT_ITERATIONS, DEFAULT_THREADS, run_demo
+from relground.utils.env import intra_op_threads
 
 
 def register(subparsers) -> None:
@@ -36,20 +27,33 @@ def register(subparsers) -> None:
     p.add_argument("--config", default=None, help="base config: a YAML file or a shipped config name (default: synthetic.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for both models, repeatable")
-    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                   help=f"torch intra-op threads during the run (default {DEFAULT_THREADS}, restored afterwards)")
+    add_threads_argument(p)
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
     p.set_defaults(func=run)
 
 
+def add_threads_argument(parser) -> None:
+    """``--threads`` (shared with ``relground ablation``)."""
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                        help=f"torch intra-op threads during the run (default {DEFAULT_THREADS}, restored afterwards)")
+
+
 def run_with_threads(args, body) -> int:
     """Validate ``--threads`` and run ``body(args)`` with that many torch intra-op threads."""
-    from relground.utils.env import intra_op_threads
-
     if args.threads <= 0:
         raise ValueError(f"--threads: must be positive, got {args.threads}")
     with intra_op_threads(args.threads):
         return body(args)
+
+
+def progress_printer(quiet: bool):
+    """Progress lines on stdout, silenced with ``--json`` so that the JSON line is all a script parses."""
+
+    def log(text: str) -> None:
+        if not quiet:
+            print(text, flush=True)
+
+    return log
 
 
 def run(args) -> int:
@@ -57,119 +61,12 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
-    from relground.api import prepare_synthetic, synthetic_config, train_and_evaluate
-    from relground.evaluation.visualize import plot_accuracy_vs_iou
-
-    for flag, value in (("--images", args.images), ("--iterations", args.iterations)):
-        if value <= 0:
-            raise ValueError(f"{flag}: must be positive, got {value}")
-    start = time.perf_counter()
-    out = Path(args.out)
-    data = out / "data"
-    log = _Log(quiet=args.json)
-    props = prepare_synthetic(data, num_images=args.images, seed=args.seed)
-    log(f"synthetic benchmark: {args.images} images in {props['seconds']:.1f} s, relations "
-        f"({props['relation_categories']} categories) in {props['relation_seconds']:.1f} s -> {data}")
-
-    results = {}
-    for name, preset in MODELS:
-        cfg = synthetic_config(args.config, data, out / name, preset=preset, iterations=args.iterations,
-                               seed=args.seed, overrides=args.overrides)
-        t0 = time.perf_counter()
-        results[name] = train_and_evaluate(cfg, split="test")
-        log(f"{name}: trained {args.iterations} iterations and evaluated in {time.perf_counter() - t0:.1f} s, "
-            f"Acc {100 * results[name]['metrics']['accuracy']:.2f}%")
-
-    full, baseline = results["full"]["metrics"], results["baseline"]["metrics"]
-    plot = plot_accuracy_vs_iou(
-        {"ReIR (full)": full["acc_at_iou"], "baseline": baseline["acc_at_iou"]}, out / "accuracy_vs_iou.png",
-        mean_ious={"ReIR (full)": full["mean_iou"], "baseline": baseline["mean_iou"]},
-        title="Synthetic test split: accuracy vs IoU threshold",
+    summary = run_demo(
+        args.out, images=args.images, iterations=args.iterations, seed=args.seed, examples=args.examples,
+        config=args.config, overrides=args.overrides, log=progress_printer(quiet=args.json),
     )
-    examples = draw_examples(results["full"]["trained"], results["full"]["predictions"], out / "examples", args.examples)
-    table = results_table({"baseline": baseline, "ReIR (full)": full})
-    (out / "results.md").write_text(table + "\n")
-    summary = {
-        "accuracy": full["accuracy"],
-        "point_it": full["point_it"],
-        "mean_iou": full["mean_iou"],
-        "baseline_accuracy": baseline["accuracy"],
-        "baseline_point_it": baseline["point_it"],
-        "upper_bound": full["upper_bound"],
-        "twin_accuracy": full.get("twin", {}).get("accuracy"),
-        "baseline_twin_accuracy": baseline.get("twin", {}).get("accuracy"),
-        "stage1_accuracy": full.get("stage1", {}).get("accuracy"),
-        "stage2_accuracy": full.get("stage2", {}).get("accuracy"),
-        "test_phrases": full["count"],
-        "images": args.images,
-        "iterations": args.iterations,
-        "seed": args.seed,
-        "out": str(out),
-        "figures": [str(plot)] + [str(p) for p in examples],
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-    (out / "results.json").write_text(json.dumps({"summary": summary, "full": full, "baseline": baseline}, indent=2))
-    log(table)
-    log(f"figures: {plot} and {len(examples)} examples in {out / 'examples'}")
     if args.json:
         print(json.dumps(summary))
     else:
         print(f"done in {summary['seconds']:.0f} s")
     return 0
-
-
-class _Log:
-    """Progress lines on stdout, silenced with ``--json`` so that the JSON line is all a script parses."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def __call__(self, text: str) -> None:
-        if not self.quiet:
-            print(text, flush=True)
-
-
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}"
-
-
-def results_table(rows: dict[str, dict]) -> str:
-    """A Markdown table of Acc, PointIt, mean IoU, accuracy on twin phrases and the per-stage accuracies."""
-    lines = [
-        "| model | Acc % | PointIt % | mean IoU % | Acc % (twins) | stage-1 Acc % | stage-2 Acc % |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for name, m in rows.items():
-        lines.append(
-            f"| {name} | {_pct(m['accuracy'])} | {_pct(m['point_it'])} | {_pct(m['mean_iou'])} | "
-            f"{_pct(m.get('twin', {}).get('accuracy'))} | {_pct(m.get('stage1', {}).get('accuracy'))} | "
-            f"{_pct(m.get('stage2', {}).get('accuracy'))} |"
-        )
-    any_row = next(iter(rows.values()))
-    lines.append(f"\nproposal upper bound (any proposal at IoU >= 0.5): {_pct(any_row.get('upper_bound'))}% "
-                 f"of {any_row['count']} test phrases")
-    return "\n".join(lines)
-
-
-def draw_examples(trained, predictions, folder: Path, count: int) -> list[Path]:
-    """Draw the fused predictions (solid) and the ground truth (dashed) for the first ``count`` test captions."""
-    from relground.evaluation.evaluator import phrase_key
-    from relground.evaluation.visualize import draw_groundings
-
-    written = []
-    for image in trained.annotations("test"):
-        if len(written) >= count:
-            break
-        for sentence in image.sentences:
-            grounded = [p for p in sentence.phrases if p.grounded]
-            keys = [phrase_key(image.image_id, sentence.sentence_index, p.first_word_index) for p in grounded]
-            if not grounded or not all(k in predictions for k in keys) or image.image_path is None:
-                continue
-            written.append(draw_groundings(
-                image.image_path, sentence.words,
-                [(p.first_word_index, p.first_word_index + p.num_words) for p in grounded],
-                [predictions[k] for k in keys], folder / f"{image.image_id}_{sentence.sentence_index}.png",
-                dashed_boxes=[p.union_box for p in grounded], title="solid: ReIR prediction, dashed: ground truth",
-            ))
-            break
-    return written

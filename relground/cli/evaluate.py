@@ -15,6 +15,11 @@ import json
 from pathlib import Path
 
 from relground.config.data import DATASETS
+from relground.data.proposals import ProposalStore
+from relground.data.catalog import load_split
+from relground.engine.predictor import TrainedModel
+from relground.evaluation.evaluator import evaluate_predictions, format_metrics, load_predictions, load_twins
+from relground.evaluation.visualize import plot_accuracy_vs_iou
 
 
 def register(subparsers) -> None:
@@ -53,8 +58,6 @@ def run(args) -> int:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(metrics, indent=2) + "\n")
     if args.plot:
-        from relground.evaluation.visualize import plot_accuracy_vs_iou
-
         curves = {"fused": metrics["acc_at_iou"]}
         means = {"fused": metrics["mean_iou"]}
         for stage in ("stage1", "stage2"):
@@ -64,17 +67,12 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        from relground.evaluation.evaluator import format_metrics
-
         print(format_metrics(metrics))
     return 0
 
 
 def evaluate_file(args) -> dict:
     """File mode: score ``--predictions`` against ``--split`` of ``--dataset`` under ``--root``."""
-    from relground.data.stats import load_split
-    from relground.evaluation.evaluator import evaluate_predictions, load_predictions, load_twins
-
     for flag, value in (("--dataset", args.dataset), ("--root", args.root)):
         if value is None:
             raise ValueError(f"{flag} is required with --predictions")
@@ -84,8 +82,6 @@ def evaluate_file(args) -> dict:
     images = load_split(args.dataset, args.root, args.split)
     proposals = None
     if args.proposals:
-        from relground.data.proposals import ProposalStore
-
         store = ProposalStore(args.proposals)
         proposals = {im.image_id: store[im.image_id].boxes for im in images if im.image_id in store}
     metrics = evaluate_predictions(
@@ -98,7 +94,5 @@ def evaluate_file(args) -> dict:
 
 def evaluate_checkpoint(args) -> dict:
     """Model mode: rebuild the model from ``--checkpoint`` (+ ``--config``) and evaluate it on ``--split``."""
-    from relground.api import TrainedModel
-
     trained = TrainedModel.from_checkpoint(args.checkpoint, config=args.config, overrides=args.overrides)
     return {"split": args.split, **trained.evaluate(args.split)}

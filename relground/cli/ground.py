@@ -3,13 +3,17 @@
 Phrases come from the caption's Flickr30K Entities markup (``[/EN#12/people A man] ...``) when present,
 else from spaCy noun chunks. Proposals come from ``--proposals`` (a relground HDF5 store holding this image
 id, i.e. the image file's stem), else from a fixed multi-scale sliding-window set (no detector; see
-``relground.api.sliding_windows``). Writes a PNG with one coloured box per phrase and the caption with the
+``relground.data.proposals.sliding_windows``). Writes a PNG with one coloured box per phrase and the caption with the
 phrases in the same colours, and prints the phrases and boxes (``--json``: one JSON object).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from relground.api import Grounder
+from relground.data.proposals import ProposalStore
+from relground.evaluation.visualize import draw_groundings
 
 
 def register(subparsers) -> None:
@@ -27,24 +31,19 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from relground.api import Grounder
-    from relground.evaluation.visualize import draw_groundings
-
     image = Path(args.image)
     if not image.is_file():
         raise FileNotFoundError(f"--image: file not found: {image}")
     grounder = Grounder.from_checkpoint(args.checkpoint, device=args.device)
     proposals = None
     if args.proposals:
-        from relground.data.proposals import ProposalStore
-
         image_id = args.image_id or image.stem
         store = ProposalStore(args.proposals)
         if image_id not in store:
             raise KeyError(f"--proposals: {args.proposals} has no entry for image id {image_id!r} (set --image-id)")
         proposals = store[image_id]
     phrases = grounder.ground(image, args.caption, proposals=proposals)
-    words = grounder.parse_caption(args.caption).words
+    words = grounder.split_caption(args.caption).words
     out = Path(args.out) if args.out else Path(f"{image.stem}_grounded.png")
     draw_groundings(
         image, words, [(p.first_word_index, p.first_word_index + p.num_words) for p in phrases],

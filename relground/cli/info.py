@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import json
 
+import torch
+
+import relground
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("info", help="print how relground._C was built (JSON)")
@@ -10,10 +14,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    import torch
-
-    import relground
-
     info = {"relground": relground.__version__, "has_ops": relground.HAS_OPS, "torch_runtime": torch.__version__}
     if relground.HAS_OPS:
         info.update(relground.build_info())

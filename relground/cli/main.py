@@ -1,15 +1,18 @@
 """``relground`` command: one subcommand per job, each defined in its own module.
 
 Each module in ``SUBCOMMANDS`` exposes ``register(subparsers)`` which adds its parser and sets
-``func`` (called with the parsed namespace, returns an exit code).
+``func`` (called with the parsed namespace, returns an exit code). The work itself lives in the package
+(``relground.engine``, ``relground.experiments``, ``relground.api``, ...); these modules parse and print.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-SUBCOMMANDS = ("data", "train", "evaluate", "ground", "demo", "ablation", "info")
+from relground.cli import ablation, data, demo, evaluate, ground, info, train
+
+SUBCOMMANDS = {"data": data, "train": train, "evaluate": evaluate, "ground": ground, "demo": demo,
+               "ablation": ablation, "info": info}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,8 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Relation-aware Instance Refinement (ReIR) for weakly supervised visual grounding.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in SUBCOMMANDS:
-        importlib.import_module(f"relground.cli.{name}").register(subparsers)
+    for module in SUBCOMMANDS.values():
+        module.register(subparsers)
     return parser
 
 

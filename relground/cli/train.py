@@ -1,7 +1,6 @@
 """``relground train``: train ReIR from a YAML config (single process, or one per GPU under torchrun).
 
 Examples::
-
     relground train --config configs/synthetic.yaml --output outputs/synth --set solver.max_iter=200
     relground train --config configs/synthetic.yaml --output outputs/synth --resume     # continue exactly
     torchrun --nproc_per_node 4 -m relground.cli.main train --config configs/flickr30k_reir.yaml
@@ -15,6 +14,9 @@ import json
 import os
 import sys
 
+from relground.config import load_config
+from relground.engine.defaults import train
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train ReIR from a YAML config", description=__doc__.split("\n\n")[0])
@@ -27,9 +29,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from relground.config import load_config
-    from relground.engine.trainer import train
-
     overrides = list(args.overrides) + ([f"output_dir={args.output}"] if args.output else [])
     cfg = load_config(args.config, overrides)
     try:

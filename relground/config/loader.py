@@ -224,6 +224,13 @@ def _from_dict(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     kwargs = {}
     for name, value in values.items():
         key = f"{prefix}.{name}" if prefix else str(name)
+        removed = getattr(cls, "REMOVED_FIELDS", {})
+        if name not in init_fields and name in removed:
+            # A key an older config (e.g. one saved in a checkpoint) still holds: accepted at the one value
+            # the code now uses, refused at any other.
+            if _as_comparable(value) != _as_comparable(removed[name]):
+                raise ValueError(f"{key} was removed; only its former default {removed[name]!r} is supported, got {value!r}")
+            continue
         if name not in init_fields:
             raise _unknown_key_error(key, valid_keys(cls, f"{prefix}." if prefix else ""))
         kwargs[name] = _coerce(value, hints[name], key)
@@ -231,6 +238,10 @@ def _from_dict(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
         return cls(**kwargs)
     except TypeError as exc:  # the section's own __post_init__ checks raise ValueError and pass through
         raise ValueError(f"config section '{prefix or cls.__name__}': {exc}") from exc
+
+
+def _as_comparable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def to_dict(cfg: Any) -> Any:

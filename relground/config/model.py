@@ -1,7 +1,8 @@
 """Typed, frozen configuration of the ReIR network (:class:`ModelConfig`) and its losses (:class:`LossConfig`).
 
-Defaults follow the authors' final setting (see ``/work/shared/notes/reference-implementation.md``); the
-paper's ablations (Tab. 2, Tab. 3) are named presets::
+Defaults follow the authors' final setting (where it differs from the paper's text, ``docs/model.md``, "Choices
+where the paper is silent or the code differs", says which is which); the paper's ablations (Tab. 2, Tab. 3)
+are named presets::
 
     cfg = ModelConfig.preset("tsd_str", backbone="resnet10", hidden_dim=64)
 
@@ -12,9 +13,8 @@ Every field is a plain value so the top-level config can read it from YAML and o
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 RELATION_FORMS = ("bce", "ce")  # the loss forms relation_loss computes (``loss.relation_form``)
 BACKBONES = ("resnet101", "resnet50", "resnet18", "resnet10")
@@ -55,14 +55,16 @@ class LossConfig:
             text says 7,500 (which is where the code starts re-pooling refined boxes).
         iou_threshold: tau, IoU with the anchor box above which a proposal is regressed towards it. Default 0.6.
         score_gap: a neighbour counts (weight 1) only if its attention is at least this far below the anchor's.
-        ranking_margin: margin of the hardest-negative ranking loss, in softmax-probability units. Default 0.2.
-        ranking_form: ``hinge`` (hardest negative, authors) or ``contrastive`` (InfoNCE both ways, see
-            :func:`relground.losses.contrastive_ranking_loss`).
-        relation_weight_range: per-class BCE weights span [1, 1 + this] (``1 + 9 * minmax(1/sqrt(count))``).
+        ranking_form: ``hinge`` (hardest negative, margin 0.2 in softmax-probability units, authors) or
+            ``contrastive`` (InfoNCE both ways, see :func:`relground.losses.contrastive_ranking_loss`).
         relation_form: ``bce`` (multi-label BCE, mean over pairs and classes, authors) or ``ce`` (softmax cross
             entropy per pair, as the paper's text; several categories share the target mass), see
             :func:`relground.losses.relation_loss`.
     """
+
+    # Fields that older configs (and the configs stored in older checkpoints) still hold, with the one value the
+    # code now always uses: a loader may drop such a key when it holds that value.
+    REMOVED_FIELDS: ClassVar[dict[str, Any]] = {"ranking_margin": 0.2, "relation_weight_range": 9.0}
 
     reconstruction_stages: tuple[int, ...] = (2,)
     ranking: bool = True
@@ -76,9 +78,7 @@ class LossConfig:
     regression_start_iteration: int = 0
     iou_threshold: float = 0.6
     score_gap: float = 0.1
-    ranking_margin: float = 0.2
     ranking_form: str = "hinge"
-    relation_weight_range: float = 9.0
     relation_form: str = "bce"
 
     def __post_init__(self) -> None:
@@ -86,7 +86,7 @@ class LossConfig:
             object.__setattr__(self, name, tuple(int(s) for s in getattr(self, name)))
             if not set(getattr(self, name)) <= {1, 2}:
                 raise ValueError(f"loss.{name} must hold 1 and/or 2, got {getattr(self, name)}")
-        for name in ("lambda_rec", "lambda_reg", "lambda_rel", "lambda_rank", "ranking_margin", "score_gap"):
+        for name in ("lambda_rec", "lambda_reg", "lambda_rel", "lambda_rank", "score_gap"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
         check_relation_form(self.relation_form)
@@ -110,8 +110,6 @@ class ModelConfig:
         freeze_backbone: the whole ResNet (stem..layer4) in eval mode without gradients, as the authors.
         box_head: ``faithful`` (RoIAlign 7x7 on C4 -> per-box layer4 -> mean) or ``fast`` (dilated layer4 on the
             whole C4 map once per image -> fused RoIAlign+mean).
-        roi_output_size: RoIAlign grid P. Default 7.
-        roi_sampling_ratio: RoIAlign samples per bin side. Default 2.
         spatial_feature: append (x1/W, y1/H, x2/W, y2/H, area/(WH)) to each box feature (paper Sec. 3.2.1).
         spatial_scale: factor on those 5 columns (after ``box_input_norm``) before the Linear layer. At 1 they
             are 5 of ~517 equally scaled inputs, so x_o keeps little of where the box is. Default 1.
@@ -125,7 +123,6 @@ class ModelConfig:
         word_dim: word-embedding width (50 to load the shared GloVe 6B 50-d vectors). Authors: 1024.
         rnn_type: ``gru`` (authors) or ``lstm`` (the paper's text).
         bidirectional: bidirectional encoder (each direction hidden_dim / 2 wide).
-        phrase_batchnorm: BatchNorm1d on phrase features, as the authors.
         two_stage: TSD, the second (fine) stage on the top-K proposals.
         top_k: K proposals per phrase kept for stage 2. Default 5.
         box_regression: STR, F_reg heads and box refinement.
@@ -171,18 +168,23 @@ class ModelConfig:
             regression loss trains F_reg only and leaves the features the matching ranks boxes with.
         cls_bias: initial bias of F_cls's output. Authors: 0 (PyTorch default init). A positive start makes the
             untrained s_hat * s_a follow the category prior rather than flip it where s_hat < 0.
-        box_coder_weights: R-CNN delta weights (wx, wy, ww, wh). Default (10, 10, 5, 5).
         native_ops: use relground.ops (native kernels when built); False = the pure-PyTorch references.
         loss: the :class:`LossConfig`.
     """
+
+    # See LossConfig.REMOVED_FIELDS.
+    REMOVED_FIELDS: ClassVar[dict[str, Any]] = {
+        "roi_output_size": 7,
+        "roi_sampling_ratio": 2,
+        "phrase_batchnorm": True,
+        "box_coder_weights": (10.0, 10.0, 5.0, 5.0),
+    }
 
     backbone: str = "resnet101"
     backbone_weights: Optional[str] = None
     stride_in_1x1: bool = False
     freeze_backbone: bool = True
     box_head: str = "faithful"
-    roi_output_size: int = 7
-    roi_sampling_ratio: int = 2
     spatial_feature: bool = False
     spatial_scale: float = 1.0
     box_input_norm: bool = False
@@ -193,7 +195,6 @@ class ModelConfig:
     word_dim: int = 1024
     rnn_type: str = "gru"
     bidirectional: bool = False
-    phrase_batchnorm: bool = True
     two_stage: bool = True
     top_k: int = 5
     box_regression: bool = True
@@ -218,14 +219,12 @@ class ModelConfig:
     detach_regression_inputs: bool = False
     regression_input: str = "box_feature"
     regression_grid: int = 2
-    box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     native_ops: bool = True
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.loss, dict):  # YAML / --set hands a plain mapping
             object.__setattr__(self, "loss", LossConfig(**self.loss))
-        object.__setattr__(self, "box_coder_weights", tuple(float(w) for w in self.box_coder_weights))
         choices = {
             "backbone": BACKBONES,
             "box_head": BOX_HEADS,
@@ -239,7 +238,7 @@ class ModelConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"model.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("hidden_dim", "word_dim", "top_k", "roi_output_size", "vogn_dim", "ranking_dim"):
+        for name in ("hidden_dim", "word_dim", "top_k", "vogn_dim", "ranking_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.regression_grid < 1:
@@ -252,8 +251,6 @@ class ModelConfig:
             raise ValueError(f"model.hidden_dim must be even with model.bidirectional, got {self.hidden_dim}")
         if self.cache_features and not self.freeze_backbone:
             raise ValueError("model.cache_features needs model.freeze_backbone (a trained map changes every step)")
-        if len(self.box_coder_weights) != 4:
-            raise ValueError(f"model.box_coder_weights needs 4 values, got {self.box_coder_weights}")
         if self.vogn and not self.two_stage:
             raise ValueError("model.vogn needs model.two_stage (the graph feeds the fine stage)")
         if self.vogn_geometry and not self.vogn:
@@ -272,11 +269,6 @@ class ModelConfig:
             raise ValueError("loss.regression needs model.box_regression (there are no deltas to train)")
         if 2 in self.loss.reconstruction_stages and not self.two_stage:
             raise ValueError("loss.reconstruction_stages has 2 but model.two_stage is False")
-
-    @property
-    def bbox_clip(self) -> float:
-        """Largest dw/dh before exp(): log(1000/16), as torchvision and detectron2."""
-        return math.log(1000.0 / 16)
 
     def replace(self, **changes: Any) -> "ModelConfig":
         """A copy with ``changes``; ``loss=`` takes a LossConfig or a dict of LossConfig fields to change."""

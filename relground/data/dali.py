@@ -18,14 +18,17 @@ measured here (no GPU with DALI was available).
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 import torch
 
 from relground.structures.batch import GroundingBatch
-from relground.data.dataset import GroundingDataset, collate_grounding
+from relground.data.collate import collate_grounding
 from relground.data.transforms import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD, resize_scale
+
+if TYPE_CHECKING:  # dataset.py builds DALI loaders: a runtime import would be a cycle
+    from relground.data.dataset import GroundingDataset
 
 # Largest per-pixel difference (0..255 grey levels) between DALI's and PIL's decode + resize that the
 # tests accept, and the largest mean difference. libjpeg-turbo (PIL) and DALI's decoder use different

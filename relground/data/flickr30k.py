@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from relground.language.captions import parse_markup
 from relground.structures.records import Box, ImageAnnotation, PhraseAnnotation, SentenceAnnotation
 
 logger = logging.getLogger(__name__)
@@ -140,35 +141,7 @@ def parse_sentence_line(line: str, path: Path, line_number: int) -> tuple[list[s
     Raises:
         ValueError: unbalanced or nested brackets, or a malformed ``[/EN#...`` tag (names file and line).
     """
-    where = f"{path}:{line_number + 1}"
-    words: list[str] = []
-    phrases = []
-    current: Optional[list] = None  # [first_word, chain_id, types, words]
-    for token in line.split():
-        if current is None:
-            if token.startswith("["):
-                parts = token.split("/")
-                if len(parts) < 3 or not parts[1].startswith("EN#") or not parts[1][3:]:
-                    raise ValueError(f"{where}: malformed phrase tag {token!r}")
-                current = [len(words), parts[1][3:], tuple(parts[2:]), []]
-            elif token.endswith("]") and token != "]":
-                raise ValueError(f"{where}: unbalanced ']' in {token!r} outside a phrase")
-            else:
-                words.append(token)
-        else:
-            if token.startswith("[/EN#"):
-                raise ValueError(f"{where}: nested or unclosed phrase before {token!r}")
-            closes = token.endswith("]")
-            token = token[:-1] if closes else token
-            current[3].append(token)
-            words.append(token)
-            if closes:
-                first, chain, types, phrase_words = current
-                phrases.append((first, " ".join(phrase_words), chain, types))
-                current = None
-    if current is not None:
-        raise ValueError(f"{where}: unbalanced '[': phrase of chain {current[1]} is never closed")
-    return words, phrases
+    return parse_markup(line, where=f"{path}:{line_number + 1}")
 
 
 def parse_sentences(path, chain_boxes: dict[str, list[Box]], chains: Optional[set[str]] = None) -> list[SentenceAnnotation]:

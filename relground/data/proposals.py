@@ -10,10 +10,12 @@ Layout (``format_version = 1``)::
 
 Writers (``write_proposals``, ``convert_bottom_up``, ``detect_proposals``) validate every box and write
 atomically (temporary file + rename), so a crashed conversion never leaves a half-written store behind.
+Without a detector, :func:`sliding_windows` gives a fixed multi-scale window set (``relground ground``).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -257,7 +259,9 @@ def convert_bottom_up(
     return sets
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder) -> list[Path]:
+    """Image files (``.jpg``, ``.jpeg``, ``.png``, ``.bmp``) directly in ``folder``, sorted by path."""
+    folder = Path(folder)
     suffixes = {".jpg", ".jpeg", ".png", ".bmp"}
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes)
 
@@ -329,44 +333,6 @@ def detect_proposals(
     return sets
 
 
-def run_convert(args) -> int:
-    """``relground data convert-proposals``: bottom-up pickle -> HDF5. Image sizes from ``--root`` annotations."""
-    class_names = read_class_names(args.class_names)
-    if args.root is None:
-        raise ValueError("--root: needed to read image sizes from the dataset annotations")
-    image_sizes = _image_sizes_from_root(Path(args.root))
-    sets = convert_bottom_up(args.pickle, class_names, image_sizes, args.max_proposals)
-    write_proposals(args.out, sets, class_names)
-    print(f"wrote {len(sets)} images to {args.out}")
-    return 0
-
-
-def _image_sizes_from_root(root: Path) -> dict[str, tuple[int, int]]:
-    """Image sizes from a Flickr30K-Entities-layout root (``Annotations/*.xml``) or a text_objseg folder."""
-    from relground.data.flickr30k import read_image_size
-    from relground.data.referit import IMSIZE_FILE, find_referit_dir
-
-    if (root / "Annotations").is_dir():
-        return {p.stem: read_image_size(p) for p in sorted((root / "Annotations").glob("*.xml"))}
-    referit_dir = find_referit_dir(root)
-    with open(referit_dir / IMSIZE_FILE) as f:
-        return {Path(name).stem: (int(w), int(h)) for name, (w, h) in json.load(f).items()}
-
-
-def run_detect(args) -> int:
-    """``relground data detect-proposals``: torchvision detector (local weights) over a folder -> HDF5."""
-    folder = Path(args.images)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"--images: folder not found: {folder}")
-    paths = _image_files(folder)
-    if not paths:
-        raise ValueError(f"--images: no .jpg/.jpeg/.png/.bmp files in {folder}")
-    sets = detect_proposals(paths, args.weights, args.arch, args.max_proposals, args.score_threshold, args.device)
-    write_proposals(args.out, sets, detector_class_names(args.arch, sets))
-    print(f"wrote {len(sets)} images to {args.out}")
-    return 0
-
-
 def detector_class_names(arch: str, sets: Mapping[str, ProposalSet]) -> list[str]:
     """Class names of a torchvision detector: its weight enum's categories (COCO), else the label ids as text."""
     from torchvision.models import get_model_weights
@@ -379,3 +345,31 @@ def detector_class_names(arch: str, sets: Mapping[str, ProposalSet]) -> list[str
     if max_label < len(names):
         return names
     return [str(i) for i in range(max_label + 1)] or ["0"]
+
+
+# Sliding windows: side fractions of the image, each on a half-window stride -> 1 + 4 + 9 + 36 = 50 boxes.
+WINDOW_FRACTIONS = (1.0, 0.75, 0.5, 0.3)
+
+
+def sliding_windows(width: int, height: int, fractions: Sequence[float] = WINDOW_FRACTIONS) -> np.ndarray:
+    """A fixed multi-scale window set, used as proposals when no detector output is given.
+
+    For each side fraction ``f`` the windows are ``f * width`` x ``f * height``, placed on an evenly spaced
+    grid with at most half a window between neighbours, whole image first. Default: 50 boxes.
+
+    Args:
+        width, height: image size in pixels.
+        fractions: window sides as fractions of the image side, each in (0, 1].
+
+    Returns:
+        np.ndarray[N, 4] float32, xyxy pixels, larger windows first.
+    """
+    boxes = []
+    for f in fractions:
+        if not 0 < f <= 1:
+            raise ValueError(f"fractions: each must be in (0, 1], got {f}")
+        n = 1 if f == 1 else math.ceil((1 - f) / (f / 2)) + 1  # positions per axis
+        for y in np.linspace(0.0, 1.0 - f, n):
+            for x in np.linspace(0.0, 1.0 - f, n):
+                boxes.append((x * width, y * height, (x + f) * width, (y + f) * height))
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)

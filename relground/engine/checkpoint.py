@@ -24,7 +24,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from relground.utils.io import _TMP_PREFIX, atomic_torch_save
+from relground.utils.io import TMP_PREFIX, atomic_torch_save
 
 CHECKPOINT_PATTERN = re.compile(r"^model_(\d+)\.pth$")
 FINAL_NAME = "model_final.pth"
@@ -118,7 +118,7 @@ class Checkpointer:
     def _prune(self) -> None:
         for _, path in self.periodic_checkpoints()[: -self.keep_last]:
             path.unlink(missing_ok=True)
-        for orphan in self.directory.glob(_TMP_PREFIX + "*"):  # left by a process killed mid-write
+        for orphan in self.directory.glob(TMP_PREFIX + "*"):  # left by a process killed mid-write
             orphan.unlink(missing_ok=True)
 
     def latest(self) -> Optional[Path]:

@@ -21,6 +21,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from tqdm.auto import tqdm
+
 from relground.engine.distributed import is_main_process, reduce_dict_mean
 
 if TYPE_CHECKING:
@@ -112,6 +114,7 @@ class MetricsWriter(HookBase):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._truncate_csv(self.trainer.start_iter)
         if self.tensorboard:
+            # local: torch.utils.tensorboard loads TensorBoard (~1 s); runs with train.tensorboard=false skip it
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step hides events the interrupted run wrote after its last checkpoint
@@ -199,8 +202,6 @@ class ProgressBar(HookBase):
         self._shown: Optional[dict] = None
 
     def before_train(self) -> None:
-        from tqdm.auto import tqdm
-
         self._bar = tqdm(
             total=self.trainer.max_iter,
             initial=self.trainer.start_iter,

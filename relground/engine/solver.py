@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.optim import SGD, Optimizer
 from torch.optim.lr_scheduler import ChainedScheduler, LinearLR, LRScheduler, MultiStepLR
+from torch.optim.optimizer import _get_fused_kernels_supported_devices  # torch's own list; no public API yet
 
 from relground.config.solver import SolverConfig
 
@@ -61,8 +62,6 @@ def parameter_groups(model: nn.Module, weight_decay: float, weight_decay_norm: f
 
 def _fused_supported(params: list[torch.Tensor]) -> bool:
     """Fused SGD needs floating-point parameters on a device torch has fused kernels for."""
-    from torch.optim.optimizer import _get_fused_kernels_supported_devices
-
     devices = _get_fused_kernels_supported_devices()
     return all(p.is_floating_point() and p.device.type in devices for p in params)
 

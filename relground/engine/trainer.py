@@ -1,18 +1,7 @@
-"""The training loop: a bare detectron2-style trainer with hooks, and ``train(cfg)`` that builds and runs it.
+"""The training loop: a bare detectron2-style trainer with hook points. It knows no ``Config``.
 
-Public API (used by ``relground train``, the evaluator/ablation CLIs and the tests)::
-
-    from relground.engine import Trainer, train
-
-    result = train(cfg, resume=False, hooks=[])   # cfg: relground.config.Config
-    result["checkpoint"]  # path of model_final.pth (or of the checkpoint written on SIGTERM/SIGINT)
-    result["status"]      # "finished" | "interrupted" (then result["signal"] is the signal number)
-    result["metrics"]     # the last logged row: total_loss, loss/<name>, lr, images_per_s, ...
-    result["output_dir"], result["config"], result["iteration"]
-
-    # rebuild a trained model (evaluation, Grounder):
-    from relground.engine.build import build_loader, model_from_checkpoint
-    model, cfg, model_args = model_from_checkpoint(load_checkpoint(result["checkpoint"]))
+Public API (``train(cfg)``, which builds the model and data from a ``Config`` and runs this loop, lives in
+:mod:`relground.engine.defaults`)::
 
     trainer = Trainer(model, data_loader, solver_cfg, train_cfg, output_dir, seed=10)
     trainer.register_hooks([MyEvalHook()])  # subclasses of relground.engine.hooks.HookBase
@@ -35,26 +24,23 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from relground.config.solver import SolverConfig
+from relground.config.train import TrainConfig
 from relground.engine import distributed as du
 from relground.engine.checkpoint import Checkpointer, capture_rng_state, load_checkpoint, restore_rng_state
 from relground.engine.hooks import HookBase, MetricsWriter, PeriodicCheckpointer, ProgressBar, SignalHandler
-from relground.config.solver import SolverConfig
-from relground.config.train import TrainConfig
 from relground.engine.solver import build_lr_scheduler, build_optimizer, per_process_batch_size
-from relground.utils.env import intra_op_threads, resolve_amp_dtype, resolve_device, seed_all
-
-if TYPE_CHECKING:
-    from relground.config import Config
-
+from relground.engine.stream import DataStream
+from relground.utils.env import resolve_amp_dtype, resolve_device, seed_all
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -64,92 +50,6 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def _batch_size(batch: Any) -> int:
     return int(batch.batch_size) if hasattr(batch, "batch_size") else len(batch)
-
-
-class DataStream:
-    """An endless stream of batches over a finite data loader that knows its position for exact resume.
-
-    Each pass over the loader is an epoch; before it the sampler's ``set_epoch(epoch)`` is called (when the
-    sampler has one), so a ``DistributedSampler`` shuffles by ``(seed, epoch)`` only. A loader with its own
-    ``generator`` (a ``RandomSampler``) has that generator's state at the epoch start saved and restored.
-    On resume, the batches already consumed in the epoch are skipped through ``sampler.set_start_index``
-    (see :class:`~relground.data.samplers.ResumableDistributedSampler`) without loading them; with any
-    other sampler they are loaded and dropped. Iterators are created inside ``torch.random.fork_rng`` so
-    the loader's seed draws do not shift the global RNG stream the model uses.
-
-    Args:
-        loader: a ``torch.utils.data.DataLoader`` (or any re-iterable of batches).
-    """
-
-    def __init__(self, loader: Iterable) -> None:
-        self.loader = loader
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self._iterator: Optional[Iterator] = None
-        self._epoch_generator_state: Optional[torch.Tensor] = None  # loader.generator at this epoch's start
-        self._pending_generator_state: Optional[torch.Tensor] = None  # to restore at the next epoch start
-
-    @property
-    def sampler(self) -> Any:
-        batch_sampler = getattr(self.loader, "batch_sampler", None)
-        return getattr(batch_sampler, "sampler", None) or getattr(self.loader, "sampler", None)
-
-    @property
-    def generator(self) -> Optional[torch.Generator]:
-        return getattr(self.loader, "generator", None)
-
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
-        if self.generator is not None:
-            if self._iterator is not None:
-                state["generator"] = self._epoch_generator_state
-            elif self._pending_generator_state is not None:
-                state["generator"] = self._pending_generator_state
-            else:  # between epochs: the next epoch starts from the current state
-                state["generator"] = self.generator.get_state()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
-        self._pending_generator_state = state.get("generator")
-        self._iterator = None
-
-    def _start_epoch(self) -> None:
-        sampler, generator = self.sampler, self.generator
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.epoch)
-        if generator is not None:
-            if self._pending_generator_state is not None:
-                generator.set_state(self._pending_generator_state)
-                self._pending_generator_state = None
-            self._epoch_generator_state = generator.get_state()
-        skip = self.batch_in_epoch
-        batch_size = getattr(self.loader, "batch_size", None)
-        if skip and batch_size and hasattr(sampler, "set_start_index"):
-            sampler.set_start_index(skip * batch_size)
-            skip = 0
-        with torch.random.fork_rng(devices=[]):
-            self._iterator = iter(self.loader)
-        for _ in range(skip):
-            next(self._iterator)
-
-    def __iter__(self) -> "DataStream":
-        return self
-
-    def __next__(self) -> Any:
-        for _ in range(2):  # at most one epoch boundary per batch; a second means an empty loader
-            if self._iterator is None:
-                self._start_epoch()
-            try:
-                batch = next(self._iterator)
-            except StopIteration:
-                self.epoch += 1
-                self.batch_in_epoch = 0
-                self._iterator = None
-                continue
-            self.batch_in_epoch += 1
-            return batch
-        raise ValueError("data loader: an epoch yielded no batch (empty dataset, or drop_last with a batch too large)")
 
 
 class Trainer:
@@ -454,59 +354,3 @@ class Trainer:
         elif weights is not None:
             unwrap(self.model).load_state_dict(load_checkpoint(weights, map_location="cpu")["model"])
         return self.start_iter
-
-
-def train(cfg: "Config", *, resume: bool = False, hooks: Sequence[HookBase] = ()) -> dict[str, Any]:
-    """Build the model and data from ``cfg``, train (resuming when asked) and return the result.
-
-    Initialises ``torch.distributed`` when launched by torchrun, writes ``<output_dir>/config.yaml``
-    (rank 0), trains, and tears the process group down.
-
-    Args:
-        cfg: a frozen :class:`relground.config.Config`.
-        resume: continue from the newest checkpoint in ``cfg.output_dir`` (starts fresh when there is none).
-        hooks: extra hooks (e.g. periodic evaluation), run after the default ones.
-
-    Returns:
-        :meth:`Trainer.train`'s dict plus ``config`` (path of the saved YAML).
-
-    Raises:
-        ValueError: ``cfg.output_dir`` already holds checkpoints and ``resume`` is False (nothing is
-            overwritten), or a bad config / data file (named).
-        FileNotFoundError: a data file is missing (named).
-        FloatingPointError: a loss became NaN/inf (the last good checkpoint is kept and named).
-    """
-    from relground.config import save_config, to_dict
-    from relground.engine.build import build_model, build_train_loader
-
-    output_dir = Path(cfg.output_dir)
-    config_path = output_dir / "config.yaml"
-    if not resume and Checkpointer(output_dir / "checkpoints").latest() is not None:
-        raise ValueError(f"output_dir {output_dir} already holds checkpoints; resume it (--resume) or choose another folder")
-    device = resolve_device(cfg.train.device)
-    with intra_op_threads(cfg.train.threads if device.type == "cpu" else 0):
-        du.init_distributed(device)
-        try:
-            seed_all(cfg.seed)  # identical initial weights on every rank
-            train_loader, model_args = build_train_loader(cfg)
-            model = build_model(cfg, model_args)
-            if du.is_main_process():
-                output_dir.mkdir(parents=True, exist_ok=True)
-                save_config(cfg, config_path)
-            trainer = Trainer(
-                model,
-                train_loader,
-                cfg.solver,
-                cfg.train,
-                output_dir,
-                device=device,
-                seed=cfg.seed,
-                checkpoint_extra={"config": to_dict(cfg), "model_args": model_args},
-            )
-            trainer.register_hooks(hooks)
-            trainer.resume_or_load(resume=resume)
-            result = trainer.train()
-            result["config"] = str(config_path)
-            return result
-        finally:
-            du.destroy_distributed()

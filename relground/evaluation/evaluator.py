@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 
 from relground.structures.records import Box, ImageAnnotation
-from relground.data.synthetic import TWINS_FILE  # the generator writes it, the evaluator reads it
-from relground.ops import pairwise_iou
+from relground.data.catalog import TWINS_FILE  # the synthetic generator writes it, the evaluator reads it
+from relground.structures.boxes import box_iou
 
 PhraseKey = tuple[str, int, int]  # (image_id, sentence_index, first_word_index)
 
@@ -87,8 +87,8 @@ def evaluation_phrases(
 
 def paired_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """IoU of corresponding boxes: Tensor[N, 4] x Tensor[N, 4] -> Tensor[N] (zero-area pairs get 0)."""
-    # pairwise_iou is batched [B, N, 4] x [B, M, 4]; one pair per batch item gives the diagonal only.
-    return pairwise_iou(boxes1[:, None, :], boxes2[:, None, :])[:, 0, 0]
+    # box_iou is batched [B, N, 4] x [B, M, 4]; one pair per batch item gives the diagonal only.
+    return box_iou(boxes1[:, None, :], boxes2[:, None, :])[:, 0, 0]
 
 
 def point_hits(pred_boxes: Tensor, gt_boxes: Tensor) -> Tensor:
@@ -210,7 +210,7 @@ def proposal_upper_bound(
         if boxes.shape[0] == 0:
             continue
         gt = torch.tensor([phrases[i].gt_box for i in idx], dtype=torch.float64)  # [n, 4]
-        hits[idx] = (pairwise_iou(gt, boxes) >= iou).any(dim=1)  # [n, M] -> [n]
+        hits[idx] = (box_iou(gt, boxes) >= iou).any(dim=1)  # [n, M] -> [n]
     return {
         "upper_bound": _rate(hits),
         "count": len(phrases),

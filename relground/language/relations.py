@@ -30,6 +30,9 @@ The authors never published this step (see ``docs/relations.md``); relground's r
 Parsing runs in a process pool (each worker loads spaCy once) over the distinct captions and is cached
 in ``<cache_dir>/sng-<hash>.json``, the hash covering the sorted distinct captions and the parser
 settings, so a re-run over unchanged captions reads the cache instead of parsing.
+
+(One file of ~420 lines on purpose: the parse rules, the alignment and the categories are one contract,
+read together with ``docs/relations.md``; ``relground data relations`` lives in ``relground/cli/data.py``.)
 """
 from __future__ import annotations
 
@@ -44,9 +47,6 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
-
-import torch
-from torch import Tensor
 
 from relground.structures.records import ImageAnnotation, RelationAnnotation, SentenceAnnotation
 
@@ -73,12 +73,13 @@ def normalize_relation_text(text: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _load_parser():
+def load_parser():
     """SceneGraphParser on spaCy with NER removed (unused by the parser; halves the time).
 
-    Loaded once per process (~2 s); forked pool workers inherit it when the parent has loaded it.
+    Loaded once per process (~2 s) and cached; forked pool workers inherit it when the parent has loaded it.
+    Its spaCy pipeline is :func:`spacy_pipeline` (``relground.language.captions`` tokenises captions with it).
     """
-    import sng_parser
+    import sng_parser  # optional dependency (SceneGraphParser + spaCy): imported only when parsing
 
     parser = sng_parser.Parser("spacy", model=PARSER_MODEL)
     nlp = parser.unwrapped.nlp
@@ -87,9 +88,19 @@ def _load_parser():
     return parser
 
 
+def spacy_pipeline():
+    """The spaCy pipeline inside the parser of :func:`load_parser` (SceneGraphParser keeps it on ``unwrapped``)."""
+    return load_parser().unwrapped.nlp
+
+
+def clear_parser_cache() -> None:
+    """Forget the parser :func:`load_parser` cached (the next call loads it again)."""
+    load_parser.cache_clear()
+
+
 def _init_worker() -> None:
     global _WORKER_PARSER
-    _WORKER_PARSER = _load_parser()
+    _WORKER_PARSER = load_parser()
 
 
 def _parse_in_worker(caption: str) -> ParsedCaption:
@@ -100,7 +111,7 @@ def parse_caption(parser, caption: str) -> ParsedCaption:
     """Parse one caption into entity head words and relations (rules 1, 2 of the module doc).
 
     Args:
-        parser: a ``sng_parser.Parser`` (see ``_load_parser``).
+        parser: a ``sng_parser.Parser`` (see :func:`load_parser`).
         caption (str): the caption, words separated by single spaces.
 
     Returns:
@@ -231,7 +242,7 @@ def parse_captions(
     workers = max(1, min(workers, len(unique)))
     start = time.perf_counter()
     if workers == 1:
-        parser = _load_parser()
+        parser = load_parser()
         results = [parse_caption(parser, c) for c in _maybe_tqdm(unique, progress)]
     else:
         # fork: workers inherit the imported modules; each loads spaCy once in its initializer.
@@ -299,26 +310,6 @@ def build_categories(relation_texts: Iterable[str], min_freq: int) -> list[tuple
     counts = Counter(relation_texts)
     kept = [(name, n) for name, n in counts.items() if n > min_freq]
     return sorted(kept, key=lambda item: (-item[1], item[0]))
-
-
-def class_weights(counts: Sequence[int] | Tensor) -> Tensor:
-    """Per-class loss weights ``1 + 9 * minmax(1 / sqrt(count))`` (the authors' code), rarest class = 10.
-
-    Args:
-        counts (Sequence[int] | Tensor[C]): positive count of each relation category.
-
-    Returns:
-        Tensor[C] float32 in [1, 10]; all ones when every count is equal.
-    """
-    counts = torch.as_tensor(counts, dtype=torch.float64)
-    if counts.ndim != 1 or counts.numel() == 0:
-        raise ValueError(f"counts must be a non-empty 1-d sequence, got shape {tuple(counts.shape)}")
-    if (counts <= 0).any():
-        raise ValueError("counts must all be positive")
-    inv = counts.rsqrt()
-    spread = inv.max() - inv.min()
-    normalised = (inv - inv.min()) / spread if spread > 0 else torch.zeros_like(inv)
-    return (1.0 + 9.0 * normalised).float()
 
 
 def build_relations(
@@ -413,7 +404,7 @@ def attach_relations(images: Sequence[ImageAnnotation], relations_file: str | os
 
     Args:
         images (Sequence[ImageAnnotation]): the split the file was built from (or a subset of it).
-        relations_file (str | PathLike): the JSON written by ``run_relations``.
+        relations_file (str | PathLike): the JSON written by ``relground data relations``.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -439,43 +430,3 @@ def attach_relations(images: Sequence[ImageAnnotation], relations_file: str | os
                     )
                 relations.append(RelationAnnotation(r["subject"], r["object"], r["text"], tuple(r["categories"])))
             sentence.relations = relations
-
-
-def run_relations(args) -> int:
-    """``relground data relations``: parse a split, build (or reuse) categories, write the JSON."""
-    from relground.data.flickr30k import load_flickr30k
-
-    out = Path(args.out)
-    categories = None
-    if getattr(args, "categories", None):  # checked first: a wrong path should fail before the slow load
-        categories = [c["name"] for c in load_categories(args.categories)]
-    images = load_flickr30k(args.root, args.split)
-    cache_dir = args.cache_dir if args.cache_dir is not None else out.parent / ".relground-parse-cache"
-    captions = [s.text for image in images for s in image.sentences]
-    parses, parse_info = parse_captions(captions, workers=args.workers, cache_dir=cache_dir, progress=True)
-    result = build_relations(images, parses, categories=categories, min_freq=args.min_freq)
-    result["split"] = args.split
-    result["parse"] = {"model": PARSER_MODEL, "format": PARSE_FORMAT_VERSION, **parse_info}
-    if categories is not None:
-        result["categories_from"] = str(args.categories)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f)
-
-    summary = {"split": args.split, "min_freq": result["min_freq"], "num_categories": len(result["categories"]),
-               **result["stats"], "parse": result["parse"], "out": str(out)}
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        stats = result["stats"]
-        print(f"{len(result['categories'])} relation categories"
-              + (f" (count > {args.min_freq})" if categories is None else f" (from {args.categories})"))
-        print(f"{stats['relations']} relations in {stats['sentences']} sentences; "
-              f"{stats['fraction_grounded_in_relation']:.1%} of grounded phrases in at least one relation")
-        if parse_info["cache_hit"]:
-            print(f"parses read from {parse_info['cache_file']}")
-        else:
-            print(f"parsed {parse_info['captions']} captions in {parse_info['seconds']:.0f} s "
-                  f"({parse_info['captions_per_second']:.1f} captions/s, {parse_info['workers']} workers)")
-        print(f"wrote {out}")
-    return 0

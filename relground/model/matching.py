@@ -16,6 +16,9 @@ from torchvision.models.detection._utils import BoxCoder
 
 from relground.model.layers import masked_softmax
 
+BOX_CODER_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # R-CNN delta weights (wx, wy, ww, wh), as torchvision and detectron2
+BOX_CODER_CLIP = math.log(1000.0 / 16)  # largest dw/dh before exp(), as torchvision and detectron2
+
 
 class MatchingHeads(nn.Module):
     """F_cls and F_reg (Linear(2d -> 256) + ReLU + Linear(256 -> 4)) on concat(x_q, x_o).
@@ -195,12 +198,12 @@ class BoxDecoder:
     """R-CNN delta decoding (torchvision's BoxCoder: dw/dh clamped at ``clip``) followed by clipping to the image.
 
     Args:
-        weights: (wx, wy, ww, wh). Default (10, 10, 5, 5).
-        clip: largest dw/dh before exp(). Default log(1000/16).
+        weights: (wx, wy, ww, wh). Default :data:`BOX_CODER_WEIGHTS` (10, 10, 5, 5).
+        clip: largest dw/dh before exp(). Default :data:`BOX_CODER_CLIP` log(1000/16).
     """
 
     def __init__(
-        self, weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0), clip: float = math.log(1000.0 / 16)
+        self, weights: tuple[float, float, float, float] = BOX_CODER_WEIGHTS, clip: float = BOX_CODER_CLIP
     ):
         self.coder = BoxCoder(weights, bbox_xform_clip=clip)
 

@@ -10,18 +10,27 @@ One forward pass, in the paper's order (shapes: B pairs, M proposals, P phrases,
     VOGN over parsed relations (+ typed geometric messages, model.vogn_geometry)        # x'_o
     stage 2: alpha^f = softmax_{s_a > 0}(F_cls(x_q, x'_o) * s_a)  [B, P, K];  delta^f = F_reg(x_q, x'_o)
     prediction: argmax_k alpha^c_k * alpha^f_k, box = decode(delta^f, decode(delta^c, proposal))
+
+The paper's model is the straight path through :meth:`ReIR.forward`. The variants beyond it are chosen once, in
+``__init__``, as modules or functions: ``matching_stage2`` (``share_stage_heads: false``), ``relational``
+(``vogn_geometry``), the pair-geometry branch of ``relation`` (``relation_geometry``), the box head's pooled/grid
+output for F_reg (``regression_input``), the stage isolations ``stage2_inputs`` / ``regression_inputs``
+(``detach_stage2_inputs`` / ``detach_regression_inputs``) and ``stage2_pooling``. The records passed between
+the stages and those functions live in :mod:`relground.model.stages`.
+
+Over 400 lines because the forward pass and every step it calls are kept in one file, to be read in order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from relground.structures.batch import GroundingBatch
+from relground import ops
+from relground.config.model import ModelConfig
 from relground.losses import (
     PhraseDecoder,
     RankingEmbedding,
@@ -33,76 +42,45 @@ from relground.losses import (
     relation_loss,
     self_taught_regression_loss,
 )
+from relground.ops import _reference
+from relground.structures.batch import GroundingBatch
 from relground.model.backbone import ResNetBackbone
 from relground.model.box_head import BoxHead
-from relground.config.model import LossConfig, ModelConfig
-from relground.model.matching import BoxDecoder, MatchingHeads, gather_topk, prior_attention, select_topk
+from relground.model.matching import BOX_CODER_WEIGHTS, BoxDecoder, MatchingHeads, gather_topk, prior_attention
+from relground.model.matching import select_topk
 from relground.model.phrase_encoder import PhraseEncoder
+from relground.model.stages import (
+    STAGE2_POOLING,
+    CoarseStage,
+    FineStage,
+    ReIROutput,
+    TopK,
+    batch_image_ids,
+    check_prior,
+    detach_all,
+    keep_gradient,
+    pick,
+)
 from relground.model.vogn import (
     RelationalGeometryMessages,
     VisualObjectGraph,
+    candidate_pair_geometry,
     relation_adjacency,
     relation_roles,
-    relative_geometry,
 )
 
 
 def op_functions(native: bool) -> SimpleNamespace:
-    """The four ops the model uses: ``relground.ops`` (native when built) or the pure-PyTorch references."""
+    """The ops the model uses: ``relground.ops`` (native when built) or the pure-PyTorch references."""
     if native:
-        from relground import ops
-
         return SimpleNamespace(
             roi_align_avg=ops.roi_align_avg, topk_select=ops.topk_select, self_taught_targets=ops.self_taught_targets
         )
-    from relground.ops import _reference
-
     return SimpleNamespace(
         roi_align_avg=_reference._roi_align_avg_reference,
         topk_select=_reference._topk_select_reference,
         self_taught_targets=_reference._self_taught_targets_reference,
     )
-
-
-@dataclass
-class ReIROutput:
-    """What :class:`ReIR` returns. Boxes are xyxy in resized-image pixels (divide by ``batch.scales``).
-
-    Attributes:
-        losses: unweighted loss terms that were active (rec_s1, rec_s2, rank_s1, rank_s2, reg_s1, reg_s2, rel).
-        total_loss: sum of ``losses`` weighted by the LossConfig lambdas (0-dim; zero without losses).
-        boxes (Tensor[B, P, 4]): final prediction: argmax of the fused score, both stages' deltas applied
-            (single-stage models: the stage-1 prediction).
-        scores (Tensor[B, P]): fused score alpha^c * alpha^f of the chosen box (single-stage: alpha^c).
-        boxes_stage1 (Tensor[B, P, 4]): argmax of alpha^c, stage-1 delta applied.
-        boxes_stage2 (Tensor[B, P, 4] | None): argmax of alpha^f alone, both deltas applied; None for single-stage.
-        attention_stage1 (Tensor[B, P, M]): alpha^c.
-        topk_index (Tensor[B, P, K] | None): the proposals kept for stage 2 (-1 = empty slot).
-        attention_stage2 (Tensor[B, P, K] | None): alpha^f.
-    """
-
-    losses: dict[str, Tensor]
-    total_loss: Tensor
-    boxes: Tensor
-    scores: Tensor
-    boxes_stage1: Tensor
-    boxes_stage2: Optional[Tensor] = None
-    attention_stage1: Optional[Tensor] = None
-    topk_index: Optional[Tensor] = None
-    attention_stage2: Optional[Tensor] = None
-
-
-def _image_ids(batch: GroundingBatch) -> Optional[list[str]]:
-    if len(batch.meta) != batch.batch_size or any("image_id" not in m for m in batch.meta):
-        return None
-    return [str(m["image_id"]) for m in batch.meta]
-
-
-def _pick(values: Tensor, index: Tensor) -> Tensor:
-    """values [B, P, X, ...] at index [B, P] -> [B, P, ...]."""
-    return torch.gather(
-        values, 2, index.reshape(index.shape + (1,) * (values.dim() - 2)).expand(index.shape + (1,) + values.shape[3:])
-    ).squeeze(2)
 
 
 class ReIR(nn.Module):
@@ -115,7 +93,6 @@ class ReIR(nn.Module):
         num_relation_classes: C_r (88 on Flickr30K).
         relation_class_counts (Sequence[int] | Tensor[C_r]): training counts per relation category for the
             BCE class weights; None = all weights 1.
-        loss_cfg: overrides ``cfg.loss`` (for a top-level config that keeps the losses apart).
 
     Example:
         >>> cfg = ModelConfig.preset("full", backbone="resnet10", hidden_dim=64, word_dim=32)
@@ -131,15 +108,13 @@ class ReIR(nn.Module):
         phrase_vocab_size: int,
         num_relation_classes: int,
         relation_class_counts: Optional[Sequence[int] | Tensor] = None,
-        loss_cfg: Optional[LossConfig] = None,
     ):
         super().__init__()
-        if loss_cfg is not None:
-            cfg = cfg.replace(loss=loss_cfg)  # re-validates the combination
+        # The order in which modules are created below is the order initialisation draws random numbers:
+        # changing it changes every trained number. Attribute names are the checkpoints' keys.
         self.cfg = cfg
-        self.loss_cfg = cfg.loss
         self.ops = op_functions(cfg.native_ops)
-        d = cfg.hidden_dim
+        d, loss = cfg.hidden_dim, cfg.loss
 
         self.backbone = ResNetBackbone(
             cfg.backbone,
@@ -147,48 +122,41 @@ class ReIR(nn.Module):
             weights=cfg.backbone_weights,
             stride_in_1x1=cfg.stride_in_1x1,
             frozen=cfg.freeze_backbone,
-            output_size=cfg.roi_output_size,
-            sampling_ratio=cfg.roi_sampling_ratio,
             roi_align_avg=self.ops.roi_align_avg,
             channels_last=cfg.channels_last,
             cache_max_images=cfg.cache_max_images if cfg.cache_features else 0,
         )
-        self.box_head = BoxHead(
-            self.backbone.out_channels, d, cfg.spatial_feature, cfg.box_input_norm, cfg.spatial_scale,
-            regression_grid=cfg.regression_grid if cfg.box_regression and cfg.regression_input == "grid" else 0,
-        )
-        self.phrase_encoder = PhraseEncoder(
-            caption_vocab_size, cfg.word_dim, d, cfg.rnn_type, cfg.bidirectional, cfg.phrase_batchnorm
-        )
+        # regression_input: F_reg reads x_o (authors), or the box head's input ("pooled") or a grid ("grid").
         self.regress_pooled = cfg.box_regression and cfg.regression_input in ("pooled", "grid")
-        regression_in_dim = self.box_head.pooled_features if self.regress_pooled else d
+        grid = cfg.regression_grid if cfg.box_regression and cfg.regression_input == "grid" else 0
+        self.box_head = BoxHead(
+            self.backbone.out_channels, d, cfg.spatial_feature, cfg.box_input_norm, cfg.spatial_scale, grid
+        )
+        self.phrase_encoder = PhraseEncoder(caption_vocab_size, cfg.word_dim, d, cfg.rnn_type, cfg.bidirectional)
         heads = (
             d, cfg.box_regression, cfg.regression_uses_phrase, cfg.regression_hidden, cfg.cls_hidden, cfg.cls_bias,
-            regression_in_dim,
+            self.box_head.pooled_features if self.regress_pooled else d,
         )
-        self.matching = MatchingHeads(*heads)
+        self.matching = MatchingHeads(*heads)  # F_cls, F_reg
         # The authors share F_cls and F_reg between the stages; share_stage_heads=False gives stage 2 its own.
         self.matching_stage2 = MatchingHeads(*heads) if cfg.two_stage and not cfg.share_stage_heads else None
-        self.box_decoder = BoxDecoder(cfg.box_coder_weights, cfg.bbox_clip)
+        self.box_decoder = BoxDecoder()
         self.graph = VisualObjectGraph(d, cfg.vogn_dim, cfg.vogn_variant, cfg.vogn_weights) if cfg.vogn else None
         self.relational = (
             RelationalGeometryMessages(d, num_relation_classes, cfg.relation_hidden) if cfg.vogn_geometry else None
         )
-
-        loss = self.loss_cfg
         self.decoder = PhraseDecoder(phrase_vocab_size, d, cfg.word_dim, d) if loss.reconstruction_stages else None
         own_decoder = cfg.separate_stage2_decoder and 2 in loss.reconstruction_stages
         self.decoder_stage2 = PhraseDecoder(phrase_vocab_size, d, cfg.word_dim, d) if own_decoder else None
         self.ranking = RankingEmbedding(d, d, cfg.ranking_dim) if loss.ranking else None
+        pair_dim = 4 if cfg.relation_geometry else 0  # relative geometry of every candidate box pair
         self.relation = (
-            RelationClassifier(
-                d, num_relation_classes, cfg.relation_hidden, 4 if cfg.relation_geometry else 0, loss.relation_form
-            )
+            RelationClassifier(d, num_relation_classes, cfg.relation_hidden, pair_dim, loss.relation_form)
             if loss.relation
             else None
         )
         if relation_class_counts is not None:
-            weights = relation_class_weights(relation_class_counts, loss.relation_weight_range)
+            weights = relation_class_weights(relation_class_counts)
             if weights.numel() != num_relation_classes:
                 raise ValueError(
                     f"relation_class_counts has {weights.numel()} entries, "
@@ -198,25 +166,16 @@ class ReIR(nn.Module):
         else:
             self.relation_weights = None
 
-    def _embed_boxes(
-        self, maps: Tensor, boxes: Tensor, valid: Tensor, sizes: Tensor, running_stats: bool = False
-    ) -> tuple[Tensor, Optional[Tensor]]:
-        """x_o of ``boxes`` [B, X, d], and the pooled feature [B, X, d'] when F_reg reads it (else None)."""
-        out = self.box_head(
-            self.backbone, maps, boxes, valid, sizes, running_stats=running_stats, return_pooled=self.regress_pooled
-        )
-        return out if self.regress_pooled else (out, None)
+        # Strategies (plain functions, no parameters).
+        self.stage2_inputs = detach_all if cfg.detach_stage2_inputs else keep_gradient
+        self.regression_inputs = detach_all if cfg.detach_regression_inputs else keep_gradient
+        self.stage2_pooling = STAGE2_POOLING[cfg.stage2_pooling]
+        self.ranking_loss = contrastive_ranking_loss if loss.ranking_form == "contrastive" else ranking_loss
 
-    def _regression_inputs(self, phrases: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
-        """What F_reg reads: x_q and the box features, detached with ``cfg.detach_regression_inputs``."""
-        if self.cfg.detach_regression_inputs:
-            return phrases.detach(), boxes.detach()
-        return phrases, boxes
-
-    @classmethod
-    def from_config(cls, cfg: ModelConfig, *args, **kwargs) -> "ReIR":
-        """Same as the constructor (detectron2-style entry point)."""
-        return cls(cfg, *args, **kwargs)
+    @property
+    def fine_heads(self) -> MatchingHeads:
+        """F_cls / F_reg of stage 2: stage 1's (authors) or its own (``share_stage_heads: false``)."""
+        return self.matching if self.matching_stage2 is None else self.matching_stage2
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters that learn (the frozen backbone excluded), for the optimiser."""
@@ -239,161 +198,229 @@ class ReIR(nn.Module):
         Returns:
             :class:`ReIROutput`.
         """
-        cfg, loss_cfg, ops = self.cfg, self.loss_cfg, self.ops
-        compute_losses = self.training if compute_losses is None else compute_losses
-        proposals, proposal_valid, prior = batch.proposals, batch.proposal_valid, batch.category_prior
-        phrase_valid, sizes = batch.phrase_valid, batch.image_sizes
-        B, M, _ = proposals.shape
-        P = phrase_valid.shape[1]
-        if prior.shape != (B, P, M):
-            raise ValueError(f"batch.category_prior must be [B, P, M] = {(B, P, M)}, got {tuple(prior.shape)}")
-        image_ids = _image_ids(batch)
+        check_prior(batch)
+        image_ids = batch_image_ids(batch)
+        sizes, phrase_valid = batch.image_sizes, batch.phrase_valid
 
-        # Features.
-        maps = self.backbone.image_maps(batch.images, sizes, image_ids)
-        x_o, pooled_o = self._embed_boxes(maps, proposals, proposal_valid, sizes)  # [B, M, d], [B, M, d'] | None
+        # Features: frozen backbone maps, box features, phrase features.
+        maps = self.backbone.image_maps(batch.images, sizes, image_ids)  # C4 (faithful) | dilated C5 (fast)
+        x_o, pooled_o = self._embed_boxes(maps, batch.proposals, batch.proposal_valid, sizes)
+        # x_o [B, M, d]; pooled_o [B, M, d'] (F_reg's box input with regression_input pooled | grid) or None
         x_q, sentence = self.phrase_encoder(batch.words, batch.word_lengths, batch.phrase_spans, phrase_valid)
+        # x_q [B, P, d]; sentence [B, d]
 
-        # Stage 1: coarse matching over all proposals.
-        logits1 = self.matching.logits(x_q, x_o)  # [B, P, M]
-        _, att1, _ = prior_attention(logits1, prior, proposal_valid[:, None, :], cfg.score_fusion)
-        att1 = att1 * phrase_valid[..., None]  # [B, P, M], zero rows for padding phrases
-        z1 = torch.einsum("bpm,bmd->bpd", att1, x_o)  # z^c [B, P, d]
-        reg_o = x_o if pooled_o is None else pooled_o
-        deltas1 = self.matching.deltas(*self._regression_inputs(x_q, reg_o)) if cfg.box_regression else None
+        # Stage 1: coarse matching over all M proposals + self-taught regression.
+        coarse = self._coarse_stage(batch, x_q, x_o, pooled_o)  # alpha^c [B, P, M], z^c [B, P, d], delta^c
+        out = self._predict_stage1(batch, coarse)  # argmax alpha^c, delta^c applied
 
-        best1 = att1.argmax(-1)  # [B, P]
-        proposals_per_phrase = proposals[:, None].expand(B, P, M, 4)
-        boxes_stage1 = _pick(proposals_per_phrase, best1)  # [B, P, 4]
-        if deltas1 is not None:
-            boxes_stage1 = self.box_decoder(_pick(deltas1, best1), boxes_stage1, sizes)
-        out = ReIROutput(
+        # Stage 2: top-K -> visual object graph -> fine matching + regression.
+        topk = fine = None
+        if self.cfg.two_stage:
+            topk = self._select_topk(batch, maps, coarse, x_o, pooled_o, iteration)  # alpha^c_k, x_k [B, P, K, d]
+            x_q2, topk.features, topk.attention, topk.pooled = self.stage2_inputs(
+                x_q, topk.features, topk.attention, topk.pooled
+            )  # as they are, or detached (detach_stage2_inputs)
+            x_k = self._object_graph(batch, topk.features, topk.boxes, topk.attention)  # x'_k [B, P, K, d]
+            fine = self._fine_stage(batch, x_q2, x_k, topk)  # alpha^f [B, P, K], z^f [B, P, d], delta^f
+            self._predict_stage2(out, sizes, topk, fine)  # argmax alpha^c_k alpha^f_k, both deltas applied
+
+        compute_losses = self.training if compute_losses is None else compute_losses
+        if compute_losses:
+            out.losses = self._losses(batch, iteration, image_ids, sentence, coarse, topk, fine)
+            out.total_loss = self._total_loss(out.losses, coarse.pooled)
+        return out
+
+    # --- features -------------------------------------------------------------------------------------------
+
+    def _embed_boxes(
+        self, maps: Tensor, boxes: Tensor, valid: Tensor, sizes: Tensor, running_stats: bool = False
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """x_o of ``boxes`` [B, X, d], and the pooled feature [B, X, d'] when F_reg reads it (else None)."""
+        out = self.box_head(
+            self.backbone, maps, boxes, valid, sizes, running_stats=running_stats, return_pooled=self.regress_pooled
+        )
+        return out if self.regress_pooled else (out, None)
+
+    def _deltas(self, heads: MatchingHeads, phrases: Tensor, boxes: Tensor) -> Optional[Tensor]:
+        """F_reg [B, P, X, 4] (None without STR), on the inputs ``regression_inputs`` lets through."""
+        return heads.deltas(*self.regression_inputs(phrases, boxes)) if heads.regression else None
+
+    # --- stage 1 --------------------------------------------------------------------------------------------
+
+    def _coarse_stage(self, batch: GroundingBatch, x_q: Tensor, x_o: Tensor, pooled_o: Optional[Tensor]) -> CoarseStage:
+        """alpha^c = softmax_{s_a > 0}(F_cls(x_q, x_o) * s_a) (Eq. 2-4), z^c and delta^c = F_reg(x_q, x_o)."""
+        logits = self.matching.logits(x_q, x_o)  # s_hat [B, P, M]
+        valid = batch.proposal_valid[:, None, :]  # [B, 1, M]
+        _, attention, _ = prior_attention(logits, batch.category_prior, valid, self.cfg.score_fusion)
+        attention = attention * batch.phrase_valid[..., None]  # [B, P, M], zero rows for padding phrases
+        pooled = torch.einsum("bpm,bmd->bpd", attention, x_o)  # z^c [B, P, d]
+        deltas = self._deltas(self.matching, x_q, x_o if pooled_o is None else pooled_o)  # [B, P, M, 4] | None
+        return CoarseStage(attention, pooled, deltas)
+
+    def _predict_stage1(self, batch: GroundingBatch, coarse: CoarseStage) -> ReIROutput:
+        """The output of a single-stage model: argmax alpha^c, stage-1 delta applied."""
+        proposals, att1 = batch.proposals, coarse.attention
+        B, M, _ = proposals.shape
+        best = att1.argmax(-1)  # [B, P]
+        boxes = pick(proposals[:, None].expand(B, att1.shape[1], M, 4), best)  # [B, P, 4]
+        if coarse.deltas is not None:
+            boxes = self.box_decoder(pick(coarse.deltas, best), boxes, batch.image_sizes)
+        return ReIROutput(
             losses={},
-            total_loss=z1.new_zeros(()),
-            boxes=boxes_stage1,
-            scores=_pick(att1[..., None], best1)[..., 0],
-            boxes_stage1=boxes_stage1,
+            total_loss=coarse.pooled.new_zeros(()),
+            boxes=boxes,
+            scores=pick(att1[..., None], best)[..., 0],
+            boxes_stage1=boxes,
             attention_stage1=att1,
         )
 
-        # Stage 2: fine matching over each phrase's top-K.
-        stage2_boxes = z2 = deltas2 = att2 = slot_valid = pool2 = x_k_pregraph = None
-        if cfg.two_stage:
-            index, slot_valid = select_topk(att1, proposal_valid, cfg.top_k, ops.topk_select)  # [B, P, K]
-            slot_valid = slot_valid & phrase_valid[..., None]
-            K = index.shape[2]
-            att1_k = gather_topk(att1, index, per_phrase=True) * slot_valid  # [B, P, K]
-            boxes_k = gather_topk(proposals, index)  # [B, P, K, 4]
-            refined_k = boxes_k
-            if deltas1 is not None:
-                refined_k = self.box_decoder(gather_topk(deltas1, index, per_phrase=True), boxes_k, sizes).detach()
-            repool = cfg.box_regression and (iteration is None or iteration >= cfg.refine_start_iteration)
-            if repool:  # normalised like the proposals (running statistics), see BoxHead
-                x_k, pooled_k = self._embed_boxes(
-                    maps, refined_k.reshape(B, P * K, 4), slot_valid.reshape(B, P * K), sizes, running_stats=True
-                )
-                x_k = x_k.reshape(B, P, K, -1)  # [B, P, K, d]
-                pooled_k = None if pooled_k is None else pooled_k.reshape(B, P, K, -1)  # [B, P, K, d']
-                stage2_boxes = refined_k
-            else:  # the authors' warm-up: stage 2 reuses the unrefined top-K features
-                x_k = gather_topk(x_o, index) * slot_valid[..., None]
-                pooled_k = None if pooled_o is None else gather_topk(pooled_o, index) * slot_valid[..., None]
-                stage2_boxes = boxes_k
-            x_q2 = x_q
-            if cfg.detach_stage2_inputs:  # stage-2 losses then leave the encoder and box head to stage 1
-                x_q2, x_k, att1_k = x_q.detach(), x_k.detach(), att1_k.detach()
-                pooled_k = None if pooled_k is None else pooled_k.detach()
-            x_k_pregraph = x_k
-            if self.graph is not None:
-                x_k = self.graph(x_k, att1_k, relation_adjacency(batch.relation_index, phrase_valid))
-            if self.relational is not None:
-                roles = relation_roles(batch.relation_index, batch.relation_labels, phrase_valid)
-                x_k = self.relational(x_k, stage2_boxes, att1_k, roles)
-            reg_k = x_k if pooled_k is None else pooled_k  # the authors' F_reg reads the graph-refined x'_k
+    # --- stage 2 --------------------------------------------------------------------------------------------
 
-            fine_heads = self.matching if self.matching_stage2 is None else self.matching_stage2
-            logits2 = fine_heads.logits(x_q2, x_k)  # [B, P, K]
-            prior_k = gather_topk(prior, index, per_phrase=True) * slot_valid
-            _, att2, _ = prior_attention(logits2, prior_k, slot_valid, cfg.score_fusion)  # alpha^f [B, P, K]
-            fused = att1_k * att2  # s = s^c * s^f as probabilities (never sign-flipped), not renormalised
-            # z^f [B, P, d]: the authors pool with the fused attention; the paper (Sec. 3.3) with alpha^f alone.
-            pool2 = fused if cfg.stage2_pooling == "fused" else att2
-            z2 = torch.einsum("bpk,bpkd->bpd", pool2, x_k)
-            deltas2 = fine_heads.deltas(*self._regression_inputs(x_q2, reg_k)) if cfg.box_regression else None
+    def _select_topk(
+        self,
+        batch: GroundingBatch,
+        maps: Tensor,
+        coarse: CoarseStage,
+        x_o: Tensor,
+        pooled_o: Optional[Tensor],
+        iteration: Optional[int],
+    ) -> TopK:
+        """Top-K by alpha^c and their features: the refined boxes re-pooled from ``refine_start_iteration`` (and
+        in evaluation), the unrefined proposals' features before it (the authors' warm-up)."""
+        sizes, phrase_valid = batch.image_sizes, batch.phrase_valid
+        att1 = coarse.attention
+        index, valid = select_topk(att1, batch.proposal_valid, self.cfg.top_k, self.ops.topk_select)  # [B, P, K]
+        valid = valid & phrase_valid[..., None]
+        B, P, K = index.shape
+        att1_k = gather_topk(att1, index, per_phrase=True) * valid  # [B, P, K]
+        boxes_k = gather_topk(batch.proposals, index)  # [B, P, K, 4]
+        refined_k = boxes_k
+        if coarse.deltas is not None:
+            refined_k = self.box_decoder(gather_topk(coarse.deltas, index, per_phrase=True), boxes_k, sizes).detach()
+        repool = coarse.deltas is not None and (iteration is None or iteration >= self.cfg.refine_start_iteration)
+        if repool:  # normalised like the proposals (running statistics), see BoxHead
+            x_k, pooled_k = self._embed_boxes(
+                maps, refined_k.reshape(B, P * K, 4), valid.reshape(B, P * K), sizes, running_stats=True
+            )
+            x_k = x_k.reshape(B, P, K, -1)  # [B, P, K, d]
+            pooled_k = None if pooled_k is None else pooled_k.reshape(B, P, K, -1)  # [B, P, K, d']
+            return TopK(index, valid, att1_k, refined_k, refined_k, x_k, pooled_k)
+        x_k = gather_topk(x_o, index) * valid[..., None]  # [B, P, K, d]
+        pooled_k = None if pooled_o is None else gather_topk(pooled_o, index) * valid[..., None]  # [B, P, K, d']
+        return TopK(index, valid, att1_k, boxes_k, refined_k, x_k, pooled_k)
 
-            def predict(choice: Tensor) -> Tensor:  # [B, P] slot -> box with both stages' deltas
-                box = _pick(refined_k, choice)
-                return box if deltas2 is None else self.box_decoder(_pick(deltas2, choice), box, sizes)
+    def _object_graph(self, batch: GroundingBatch, x_k: Tensor, boxes_k: Tensor, att1_k: Tensor) -> Tensor:
+        """x'_k [B, P, K, d]: the VOGN's messages between related phrases (Eq. 5-8), then, with
+        ``vogn_geometry``, the typed per-box geometric messages."""
+        if self.graph is not None:
+            x_k = self.graph(x_k, att1_k, relation_adjacency(batch.relation_index, batch.phrase_valid))
+        if self.relational is not None:
+            roles = relation_roles(batch.relation_index, batch.relation_labels, batch.phrase_valid)
+            x_k = self.relational(x_k, boxes_k, att1_k, roles)
+        return x_k
 
-            best = fused.argmax(-1)
-            out.boxes, out.scores = predict(best), _pick(fused[..., None], best)[..., 0]
-            out.boxes_stage2 = predict(att2.argmax(-1))
-            out.topk_index, out.attention_stage2 = index, att2
+    def _fine_stage(self, batch: GroundingBatch, x_q: Tensor, x_k: Tensor, topk: TopK) -> FineStage:
+        """alpha^f = softmax_{s_a > 0}(F_cls(x_q, x'_k) * s_a) (Eq. 9-10), z^f and delta^f."""
+        heads = self.fine_heads
+        logits = heads.logits(x_q, x_k)  # [B, P, K]
+        prior_k = gather_topk(batch.category_prior, topk.index, per_phrase=True) * topk.valid  # [B, P, K]
+        _, att2, _ = prior_attention(logits, prior_k, topk.valid, self.cfg.score_fusion)  # alpha^f [B, P, K]
+        fused = topk.attention * att2  # s = s^c * s^f as probabilities (never sign-flipped), not renormalised
+        pooling = self.stage2_pooling(att2, fused)
+        pooled = torch.einsum("bpk,bpkd->bpd", pooling, x_k)  # z^f [B, P, d]
+        # The authors' F_reg reads the graph-refined x'_k (or the pooled/grid feature with regression_input).
+        deltas = self._deltas(heads, x_q, x_k if topk.pooled is None else topk.pooled)  # [B, P, K, 4] | None
+        return FineStage(x_k, att2, fused, pooling, pooled, deltas)
 
-        if not compute_losses:
-            return out
+    def _predict_stage2(self, out: ReIROutput, sizes: Tensor, topk: TopK, fine: FineStage) -> None:
+        """Argmax of the fused score (and of alpha^f alone), both stages' deltas applied to the refined boxes."""
 
-        # Losses (Eq. 12-17), unweighted per term.
+        def predict(choice: Tensor) -> Tensor:  # [B, P] slot -> [B, P, 4]
+            box = pick(topk.refined, choice)
+            return box if fine.deltas is None else self.box_decoder(pick(fine.deltas, choice), box, sizes)
+
+        best = fine.fused.argmax(-1)  # [B, P]
+        out.boxes, out.scores = predict(best), pick(fine.fused[..., None], best)[..., 0]
+        out.boxes_stage2 = predict(fine.attention.argmax(-1))
+        out.topk_index, out.attention_stage2 = topk.index, fine.attention
+
+    # --- losses (Eq. 12-17) ---------------------------------------------------------------------------------
+
+    def _losses(
+        self,
+        batch: GroundingBatch,
+        iteration: Optional[int],
+        image_ids: Optional[list[str]],
+        sentence: Tensor,
+        coarse: CoarseStage,
+        topk: Optional[TopK],
+        fine: Optional[FineStage],
+    ) -> dict[str, Tensor]:
+        """The active loss terms, unweighted, in a fixed order (rec, rank, reg, rel)."""
+        loss_cfg, phrase_valid = self.cfg.loss, batch.phrase_valid
         losses: dict[str, Tensor] = {}
-        targets = batch.phrase_targets
-        pooled = {1: z1, 2: z2}
+        pooled = {1: coarse.pooled, 2: None if fine is None else fine.pooled}  # z^c, z^f [B, P, d]
         for stage in loss_cfg.reconstruction_stages:
             decoder = self.decoder_stage2 if stage == 2 and self.decoder_stage2 is not None else self.decoder
-            losses[f"rec_s{stage}"] = reconstruction_loss(decoder, pooled[stage], targets, phrase_valid)
+            losses[f"rec_s{stage}"] = reconstruction_loss(decoder, pooled[stage], batch.phrase_targets, phrase_valid)
         if self.ranking is not None:
             negatives = None
             if image_ids is not None:  # other captions of the same image are not negatives
                 codes = {image_id: n for n, image_id in enumerate(dict.fromkeys(image_ids))}
-                ids = torch.tensor([codes[i] for i in image_ids], device=z1.device)
-                negatives = ids[:, None] != ids[None, :]
-            for stage in loss_cfg.ranking_stages if cfg.two_stage else (1,):
-                similarity = self.ranking(pooled[stage], phrase_valid, sentence)
-                if loss_cfg.ranking_form == "contrastive":
-                    losses[f"rank_s{stage}"] = contrastive_ranking_loss(similarity, negatives)
-                else:
-                    losses[f"rank_s{stage}"] = ranking_loss(similarity, loss_cfg.ranking_margin, negatives)
-        regression_on = loss_cfg.regression and (iteration is None or iteration >= loss_cfg.regression_start_iteration)
-        if regression_on:
-            kwargs = dict(
-                iou_threshold=loss_cfg.iou_threshold, score_gap=loss_cfg.score_gap, weights=cfg.box_coder_weights
-            )
+                ids = torch.tensor([codes[i] for i in image_ids], device=coarse.pooled.device)
+                negatives = ids[:, None] != ids[None, :]  # [B, B]
+            for stage in loss_cfg.ranking_stages if fine is not None else (1,):
+                similarity = self.ranking(pooled[stage], phrase_valid, sentence)  # [B, B]
+                losses[f"rank_s{stage}"] = self.ranking_loss(similarity, negative_mask=negatives)
+        if loss_cfg.regression and (iteration is None or iteration >= loss_cfg.regression_start_iteration):
+            kwargs = dict(iou_threshold=loss_cfg.iou_threshold, score_gap=loss_cfg.score_gap, weights=BOX_CODER_WEIGHTS)
             losses["reg_s1"] = self_taught_regression_loss(
-                deltas1, proposals, att1, proposal_valid, ops.self_taught_targets, phrase_valid=phrase_valid, **kwargs
+                coarse.deltas,
+                batch.proposals,
+                coarse.attention,
+                batch.proposal_valid,
+                self.ops.self_taught_targets,
+                phrase_valid=phrase_valid,
+                **kwargs,
             )
-            if cfg.two_stage:
+            if fine is not None:
                 # Each phrase has its own K boxes: treat every (item, phrase) as an "image" with one phrase.
+                B, P, K = topk.index.shape
                 losses["reg_s2"] = self_taught_regression_loss(
-                    deltas2.reshape(B * P, 1, K, 4),
-                    stage2_boxes.reshape(B * P, K, 4),
-                    att2.reshape(B * P, 1, K),
-                    slot_valid.reshape(B * P, K),
-                    ops.self_taught_targets,
+                    fine.deltas.reshape(B * P, 1, K, 4),
+                    topk.boxes.reshape(B * P, K, 4),
+                    fine.attention.reshape(B * P, 1, K),
+                    topk.valid.reshape(B * P, K),
+                    self.ops.self_taught_targets,
                     **kwargs,
                 )
         if self.relation is not None and batch.relation_index.shape[0] > 0:
-            # Typed messages carry the relation's categories: F_rel must not read them back from z^f.
-            features = x_k if self.relational is None else x_k_pregraph
-            # With relation_geometry the box choice learns from the pairs' geometry, not from appearance.
-            weights = pool2.detach() if cfg.relation_geometry else pool2
-            z_rel = z2 if features is x_k and weights is pool2 else torch.einsum("bpk,bpkd->bpd", weights, features)
-            pair = pair_weights = None
-            if cfg.relation_geometry:  # every (subject box, object box) pair, weighted by their attention
-                item, subject, obj = batch.relation_index.unbind(1)
-                source, target = stage2_boxes[item, subject], stage2_boxes[item, obj]  # [R, K, 4]
-                R = source.shape[0]
-                pair = relative_geometry(source[:, :, None], target[:, None]).reshape(R, K * K, 4)
-                pair_weights = (pool2[item, subject][:, :, None] * pool2[item, obj][:, None]).reshape(R, K * K)
-            logits = self.relation(z_rel, batch.relation_index, pair, pair_weights)
+            logits = self._relation_logits(batch, topk, fine)  # [R, C_r]
             losses["rel"] = relation_loss(logits, batch.relation_labels, self.relation_weights, loss_cfg.relation_form)
+        return losses
 
+    def _relation_logits(self, batch: GroundingBatch, topk: TopK, fine: FineStage) -> Tensor:
+        """F_rel on the stage-2 vectors of each related pair (Eq. 16); with ``relation_geometry`` also the
+        mixture over the pairs' candidate box pairs."""
+        # Typed messages carry the relation's categories: F_rel must not read them back, it reads the boxes
+        # from before the graph.
+        features = fine.features if self.relational is None else topk.features
+        if self.relation.pair_dim == 0:  # the paper: F_rel(z^f_s, z^f_o)
+            z = fine.pooled if features is fine.features else torch.einsum("bpk,bpkd->bpd", fine.pooling, features)
+            return self.relation(z, batch.relation_index)
+        # relation_geometry: the box choice learns from the pairs' geometry, not from appearance.
+        z = torch.einsum("bpk,bpkd->bpd", fine.pooling.detach(), features)  # [B, P, d]
+        pairs, weights = candidate_pair_geometry(topk.boxes, fine.pooling, batch.relation_index)  # [R, K K, 4|]
+        return self.relation(z, batch.relation_index, pairs, weights)
+
+    def _total_loss(self, losses: dict[str, Tensor], like: Tensor) -> Tensor:
+        """sum_term lambda_term * loss_term (float32, 0-dim)."""
+        loss_cfg = self.cfg.loss
         weight = {
             "rec": loss_cfg.lambda_rec,
             "rank": loss_cfg.lambda_rank,
             "reg": loss_cfg.lambda_reg,
             "rel": loss_cfg.lambda_rel,
         }
-        out.losses = losses
-        out.total_loss = sum(
-            (weight[name.split("_")[0]] * value for name, value in losses.items()), z1.new_zeros(()).float()
-        )
-        return out
+        return sum((weight[name.split("_")[0]] * value for name, value in losses.items()), like.new_zeros(()).float())
+

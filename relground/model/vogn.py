@@ -130,6 +130,27 @@ def relative_geometry(source: Tensor, target: Tensor) -> Tensor:
     return torch.stack((dx, dy, torch.log(wt / ws), torch.log(ht / hs)), dim=-1)
 
 
+def candidate_pair_geometry(boxes: Tensor, attention: Tensor, relation_index: Tensor) -> tuple[Tensor, Tensor]:
+    """Every (subject box, object box) pair of each relation's two phrases, for ``model.relation_geometry``.
+
+    Args:
+        boxes (Tensor[B, P, K, 4]): each phrase's top-K boxes, xyxy.
+        attention (Tensor[B, P, K]): the attention on them (alpha^f).
+        relation_index (Tensor[R, 3]): long (batch item, subject phrase, object phrase).
+
+    Returns:
+        geometry (Tensor[R, K * K, 4]): :func:`relative_geometry` of object box l seen from subject box k.
+        weights (Tensor[R, K * K]): attention_sk * attention_ol.
+    """
+    K = boxes.shape[2]
+    item, subject, obj = relation_index.unbind(1)
+    source, target = boxes[item, subject], boxes[item, obj]  # [R, K, 4]
+    R = source.shape[0]
+    geometry = relative_geometry(source[:, :, None], target[:, None]).reshape(R, K * K, 4)
+    weights = (attention[item, subject][:, :, None] * attention[item, obj][:, None]).reshape(R, K * K)
+    return geometry, weights
+
+
 def expected_boxes(boxes: Tensor, attention: Tensor) -> Tensor:
     """sum_k a_k box_k / sum_k a_k: the box a phrase's attention points at on average.
 

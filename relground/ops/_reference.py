@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from relground.structures.boxes import box_iou
+
 
 def _roi_align_avg_reference(
     input: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int = -1, aligned: bool = True
@@ -25,20 +27,10 @@ def _roi_align_avg_reference(
 def _pairwise_iou_reference(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """IoU of every pair, batched: [B, N, 4] x [B, M, 4] -> [B, N, M] (2-D in, 2-D out).
 
-    xyxy boxes, no +1 in widths; a pair whose union is empty (zero-area boxes) gets IoU 0.
+    xyxy boxes, no +1 in widths; a pair whose union is empty (zero-area boxes) gets IoU 0. The one Python
+    IoU of relground, :func:`relground.structures.boxes.box_iou`.
     """
-    squeeze = boxes1.dim() == 2
-    if squeeze:
-        boxes1, boxes2 = boxes1[None], boxes2[None]
-    area1 = (boxes1[..., 2] - boxes1[..., 0]).clamp(min=0) * (boxes1[..., 3] - boxes1[..., 1]).clamp(min=0)
-    area2 = (boxes2[..., 2] - boxes2[..., 0]).clamp(min=0) * (boxes2[..., 3] - boxes2[..., 1]).clamp(min=0)
-    lt = torch.maximum(boxes1[:, :, None, :2], boxes2[:, None, :, :2])  # [B, N, M, 2]
-    rb = torch.minimum(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]  # [B, N, M]
-    union = area1[:, :, None] + area2[:, None, :] - inter
-    iou = torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter))
-    return iou[0] if squeeze else iou
+    return box_iou(boxes1, boxes2)
 
 
 def _topk_select_reference(scores: Tensor, k: int, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:

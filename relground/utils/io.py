@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-_TMP_PREFIX = ".tmp-"
+TMP_PREFIX = ".tmp-"
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -30,7 +30,7 @@ def atomic_write(path: str | os.PathLike, write_fn) -> Path:
         ``path`` as a ``Path``.
     """
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write_fn(f)

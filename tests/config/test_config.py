@@ -129,7 +129,7 @@ def test_shipped_configs_are_found_by_name_from_any_directory_and_packaged(tmp_p
     assert find_config("synthetic.yaml") == own.relative_to(tmp_path) and load_config("synthetic.yaml").seed == 123
     with pytest.raises(FileNotFoundError, match=r"nope.yaml.*shipped configs: flickr30k_reir.yaml, referit_reir.yaml, synthetic.yaml"):
         find_config("nope.yaml")
-    from relground.api import synthetic_config
+    from relground.experiments.synthetic import synthetic_config
 
     shipped = load_config(REPO / "configs" / "synthetic.yaml")
     assert synthetic_config(None, tmp_path / "data", tmp_path / "run").model == shipped.model  # found from tmp_path
@@ -184,7 +184,7 @@ def test_paper_configs_hold_the_paper_settings():
 
 
 def test_train_cli_builds_the_config_and_maps_the_result_to_an_exit_code(tmp_path, monkeypatch, capsys):
-    import relground.engine.trainer as trainer_module
+    import relground.cli.train as train_cli
 
     seen = {}
 
@@ -192,7 +192,7 @@ def test_train_cli_builds_the_config_and_maps_the_result_to_an_exit_code(tmp_pat
         seen.update(cfg=cfg, resume=resume)
         return {"status": "interrupted", "signal": int(signal.SIGTERM), "iteration": 3}
 
-    monkeypatch.setattr(trainer_module, "train", fake_train)
+    monkeypatch.setattr(train_cli, "train", fake_train)
     argv = ["train", "--config", str(CONFIGS / "synthetic.yaml"), "--output", str(tmp_path), "--set", "solver.max_iter=9"]
     assert cli_main(argv + ["--resume"]) == 128 + signal.SIGTERM
     assert seen["cfg"].output_dir == str(tmp_path) and seen["cfg"].solver.max_iter == 9 and seen["resume"]
@@ -202,7 +202,7 @@ def test_train_cli_builds_the_config_and_maps_the_result_to_an_exit_code(tmp_pat
 
 
 def test_train_refuses_to_overwrite_a_run_without_resume(tmp_path):
-    from relground.engine.trainer import train
+    from relground.engine.defaults import train
 
     Checkpointer(tmp_path / "checkpoints").save({"model": {}}, 10)
     cfg = load_config(CONFIGS / "synthetic.yaml", [f"output_dir={tmp_path}"])
@@ -211,7 +211,7 @@ def test_train_refuses_to_overwrite_a_run_without_resume(tmp_path):
 
 
 def test_presets_turn_the_graph_and_relation_extensions_off_with_their_component(tmp_path):
-    from relground.api import synthetic_config
+    from relground.experiments.synthetic import synthetic_config
 
     raw = yaml.safe_load((REPO / "configs" / "synthetic.yaml").read_text())
     raw["model"].update(vogn_geometry=True, relation_geometry=True)
@@ -224,3 +224,12 @@ def test_presets_turn_the_graph_and_relation_extensions_off_with_their_component
     for preset, switches in expected.items():
         model = synthetic_config(str(base), tmp_path / "data", tmp_path / "run", preset=preset).model
         assert (model.vogn_geometry, model.relation_geometry) == switches, preset
+
+
+def test_a_removed_model_key_loads_at_its_former_default_and_is_refused_at_another_value():
+    from relground.config import Config, from_dict
+
+    cfg = from_dict(Config, {"model": {"roi_output_size": 7, "box_coder_weights": [10.0, 10.0, 5.0, 5.0]}})
+    assert cfg.model == Config().model
+    with pytest.raises(ValueError, match="model.roi_output_size was removed"):
+        from_dict(Config, {"model": {"roi_output_size": 14}})

@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 from torchvision.ops import box_iou
 
-from relground.data.synthetic import RELATIONS, generate_synthetic, run_synth
+from relground.cli.data import run_synth
+from relground.data.synthetic import RELATIONS, generate_synthetic
 
 NUM_IMAGES = 150
 SEED = 7
@@ -285,7 +286,7 @@ def test_relations_are_recovered_by_the_parser(bench):
     relations = pytest.importorskip("relground.language.relations")
     from relground.data.flickr30k import load_flickr30k
 
-    parser = relations._load_parser()
+    parser = relations.load_parser()
     expected_total = recovered = 0
     for im in load_flickr30k(bench.root, "train", workers=0)[:50]:
         for sentence, (line, phrases) in zip(im.sentences, bench.sentences[im.image_id]):

@@ -1,14 +1,19 @@
-"""``relground.api``: caption phrases, sliding-window proposals, and ``Grounder`` on a tiny trained checkpoint."""
+"""``relground.api``: caption phrases (``relground.language.captions``), sliding-window proposals, and ``Grounder``
+on a tiny trained checkpoint."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from relground.api import WINDOW_FRACTIONS, parse_caption, sliding_windows
+from relground.api import Grounder
+from relground.data.proposals import WINDOW_FRACTIONS, sliding_windows
+from relground.engine.predictor import TrainedModel
+from relground.language.captions import split_caption
 
 
 def test_markup_caption_uses_annotated_phrases():
-    parsed = parse_caption("[/EN#12/people/other A young man] throws [/EN#13/other a ball] .")
+    parsed = split_caption("[/EN#12/people/other A young man] throws [/EN#13/other a ball] .")
     assert parsed.source == "markup"
     assert parsed.words == ["A", "young", "man", "throws", "a", "ball", "."]
     assert [(p.first_word_index, p.num_words, p.text, p.phrase_types) for p in parsed.phrases] == [
@@ -16,13 +21,13 @@ def test_markup_caption_uses_annotated_phrases():
         (4, 2, "a ball", ("other",)),
     ]
     with pytest.raises(ValueError, match="never closed"):
-        parse_caption("[/EN#12/people A man throws .")
+        split_caption("[/EN#12/people A man throws .")
     with pytest.raises(ValueError, match="empty caption"):
-        parse_caption("   ")
+        split_caption("   ")
 
 
 def test_plain_caption_uses_spacy_noun_chunks():
-    parsed = parse_caption("A man throws a red ball to his  dog.")
+    parsed = split_caption("A man throws a red ball to his  dog.")
     assert parsed.source == "noun_chunks"
     assert parsed.words == ["A", "man", "throws", "a", "red", "ball", "to", "his", "dog", "."]
     assert [(p.first_word_index, p.num_words, p.text) for p in parsed.phrases] == [
@@ -64,7 +69,6 @@ def demo():
 @pytest.mark.slow
 def test_grounder_matches_the_evaluation_path(demo):
     """Same image, caption and proposals: Grounder's boxes equal the evaluator's (dataset + batch) predictions."""
-    from relground.api import Grounder, TrainedModel
     from relground.data.proposals import ProposalStore
 
     trained = TrainedModel.from_checkpoint(demo / "full")
@@ -88,14 +92,13 @@ def test_grounder_matches_the_evaluation_path(demo):
 
 @pytest.mark.slow
 def test_grounder_sliding_windows_and_no_stale_features(demo):
-    from relground.api import Grounder
     from relground.data.flickr30k import load_flickr30k
 
     grounder = Grounder.from_checkpoint(demo / "full" / "checkpoints" / "model_final.pth")
     first, second = load_flickr30k(demo / "data", "train")[:2]
     caption = "A red circle to the left of a blue square ."
     a = grounder.ground(first.image_path, caption)
-    assert [p.text for p in a] == [p.text for p in parse_caption(caption).phrases]
+    assert [p.text for p in a] == [p.text for p in split_caption(caption).phrases]
     windows = sliding_windows(first.width, first.height)
     for p in a:
         assert np.abs(windows - np.array(p.proposal_box)).max(axis=1).min() < 1e-3
@@ -107,12 +110,9 @@ def test_grounder_sliding_windows_and_no_stale_features(demo):
 
 
 def test_grounder_checkpoint_errors(tmp_path):
-    from relground.api import Grounder
 
     with pytest.raises(FileNotFoundError, match="nowhere"):
         Grounder.from_checkpoint(tmp_path / "nowhere")
-    import torch
-
     torch.save({"weights": 1}, tmp_path / "not_ours.pth")
     with pytest.raises(ValueError, match="not a relground checkpoint"):
         Grounder.from_checkpoint(tmp_path / "not_ours.pth")

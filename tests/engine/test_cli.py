@@ -17,7 +17,7 @@ import yaml
 from relground.cli.main import main
 from relground.data.flickr30k import load_flickr30k
 from relground.data.proposals import ProposalSet, ProposalStore, write_proposals
-from tests.engine.test_evaluator import iou_loop
+from tests.evaluation.test_evaluator import iou_loop
 from tests.utils import REPO
 
 # Two images in the Flickr30K Entities layout. Raw XML coordinates are 1-based inclusive (reader subtracts 1).

@@ -212,13 +212,12 @@ def test_data_stream_resumes_at_the_same_batch(sampler, consumed):
 
 
 def test_train_from_config_runs_reir_on_synthetic_data_and_rebuilds_from_checkpoint(tmp_path):
-    """``train(cfg)`` through engine/build.py with the real data, language and model layers (tiny and short)."""
+    """``train(cfg)`` through engine/defaults.py with the real data, language and model layers (tiny and short)."""
     from relground.config import load_config
     from relground.data.flickr30k import load_flickr30k
     from relground.data.proposals import ProposalStore
     from relground.data.synthetic import generate_synthetic
-    from relground.engine.build import model_from_checkpoint
-    from relground.engine.trainer import train
+    from relground.engine.defaults import model_from_checkpoint, train
     from relground.language.vocab import tokenize
     from tests.utils import REPO
 

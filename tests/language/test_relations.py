@@ -1,13 +1,12 @@
 import argparse
 import importlib.util
 import json
-import math
 
 import pytest
-import torch
 
 from relground.data.flickr30k import parse_sentence_line
 from relground.structures.records import ImageAnnotation, PhraseAnnotation, RelationAnnotation, SentenceAnnotation
+from relground.cli.data import run_relations
 from relground.language import relations as rel
 
 # The language extras (pyproject `language`) are absent on the GPU test machine.
@@ -31,7 +30,7 @@ def make_sentence(marked: str, ungrounded: tuple[str, ...] = ("0",), index: int 
 
 @pytest.fixture(scope="module")
 def parser():
-    return rel._load_parser()
+    return rel.load_parser()
 
 
 # (marked caption, chains without a box, expected {(subject phrase, object phrase, text)})
@@ -88,21 +87,6 @@ def test_categories_threshold_on_known_counts():
     assert rel.build_categories(corpus, min_freq=7) == []
     with pytest.raises(ValueError, match="min_freq"):
         rel.build_categories(corpus, min_freq=-1)
-
-
-def test_class_weights_formula():
-    counts = [1000, 250, 100, 4000]
-    inv = [1 / math.sqrt(c) for c in counts]
-    expected = [1 + 9 * (v - min(inv)) / (max(inv) - min(inv)) for v in inv]
-    weights = rel.class_weights(counts)
-    assert weights.dtype == torch.float32
-    torch.testing.assert_close(weights, torch.tensor(expected, dtype=torch.float32))
-    assert weights.max() == 10 and weights.min() == 1  # rarest class 10, most frequent 1
-    torch.testing.assert_close(rel.class_weights([5, 5]), torch.ones(2))
-    with pytest.raises(ValueError, match="positive"):
-        rel.class_weights([3, 0])
-    with pytest.raises(ValueError, match="non-empty"):
-        rel.class_weights([])
 
 
 def _fake_images():
@@ -166,7 +150,7 @@ def test_parse_cache_hit_skips_parsing(tmp_path, monkeypatch):
     def no_parser():
         raise AssertionError("the parser must not be loaded on a cache hit")
 
-    monkeypatch.setattr(rel, "_load_parser", no_parser)
+    monkeypatch.setattr(rel, "load_parser", no_parser)
     # same captions (any order, with duplicates) -> the cache is read
     second, info = rel.parse_captions(list(reversed(captions)), workers=1, cache_dir=tmp_path)
     assert info["cache_hit"] and second == first
@@ -214,7 +198,7 @@ def test_run_relations_cli_train_then_val(tmp_path, capsys):
     train_out = tmp_path / "out" / "train.json"
     args = argparse.Namespace(root=str(root), split="train", min_freq=1, out=str(train_out), workers=1,
                               cache_dir=str(tmp_path / "cache"), categories=None, json=True)
-    assert rel.run_relations(args) == 0
+    assert run_relations(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["num_categories"] == 1 and summary["relations"] == 3
     train = json.loads(train_out.read_text())
@@ -224,7 +208,7 @@ def test_run_relations_cli_train_then_val(tmp_path, capsys):
     val_out = tmp_path / "out" / "val.json"
     args = argparse.Namespace(**{**vars(args), "split": "val", "out": str(val_out), "categories": str(train_out),
                                  "json": False})
-    assert rel.run_relations(args) == 0
+    assert run_relations(args) == 0
     assert "1 relation categories" in capsys.readouterr().out
     val = json.loads(val_out.read_text())
     assert [c["name"] for c in val["categories"]] == ["to the left of"]
@@ -240,7 +224,7 @@ def test_relations_on_the_real_mini_fixture(tmp_path):
     out = tmp_path / "train.json"
     args = argparse.Namespace(root=str(root), split="train", min_freq=0, out=str(out), workers=1,
                               cache_dir=None, categories=None, json=True)
-    assert rel.run_relations(args) == 0
+    assert run_relations(args) == 0
     result = json.loads(out.read_text())
     images = load_flickr30k(root, "train")
     rel.attach_relations(images, out)

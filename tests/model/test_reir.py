@@ -196,7 +196,7 @@ def test_config_presets_and_errors():
         ModelConfig(box_regression=False)
     with pytest.raises(ValueError, match="iou_threshold"):
         LossConfig(iou_threshold=1.5)
-    assert ModelConfig().bbox_clip == pytest.approx(math.log(1000 / 16))
+    assert BoxDecoder().coder.bbox_xform_clip == pytest.approx(math.log(1000 / 16))
 
 
 def test_captions_of_the_same_image_are_not_ranking_negatives():
@@ -401,3 +401,27 @@ def test_geometric_relation_options_feed_the_relation_loss_pregraph_vectors_and_
         tiny_config("tsd_str", relation_geometry=True)
     with pytest.raises(ValueError, match="vogn_geometry needs model.vogn"):
         tiny_config("tsd_str", vogn_geometry=True)
+
+
+def test_variants_are_chosen_at_construction_and_module_order_is_stable():
+    """Initialisation draws random numbers in module-creation order and checkpoints key on attribute names: a
+    refactor that reorders the modules or renames one changes every trained number or breaks old checkpoints."""
+    from relground.model import stages
+
+    plain = build(tiny_config("full"))
+    assert plain.stage2_inputs is stages.keep_gradient and plain.regression_inputs is stages.keep_gradient
+    assert plain.stage2_pooling is stages.pool_fused and plain.fine_heads is plain.matching
+    every = build(
+        tiny_config(
+            "full", share_stage_heads=False, detach_stage2_inputs=True, detach_regression_inputs=True,
+            stage2_pooling="fine", vogn_geometry=True, relation_geometry=True, separate_stage2_decoder=True,
+            regression_input="grid", box_head="fast", loss={"reconstruction_stages": (1, 2)},
+        )
+    )
+    assert every.stage2_inputs is stages.detach_all and every.regression_inputs is stages.detach_all
+    assert every.stage2_pooling is stages.pool_fine and every.fine_heads is every.matching_stage2
+    order = list(dict.fromkeys(name.split(".")[0] for name, _ in every.named_parameters()))
+    assert order == [
+        "backbone", "box_head", "phrase_encoder", "matching", "matching_stage2", "graph", "relational", "decoder",
+        "decoder_stage2", "ranking", "relation",
+    ]

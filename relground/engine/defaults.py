@@ -1,6 +1,7 @@
-"""Glue from a :class:`~relground.config.Config` to data loaders and the ReIR model, and back from a checkpoint.
+"""Assembly: everything built from a :class:`~relground.config.Config` (datasets, loaders, model, ``train(cfg)``).
 
-What a trained model needs besides its weights is gathered once from the training split into
+The bare loop (:mod:`relground.engine.trainer`) and its hooks know no ``Config``; this module reads one and
+builds their parts. What a trained model needs besides its weights is gathered once from the training split into
 ``model_args``, a plain JSON-able dict stored in every checkpoint (so evaluation and ``Grounder`` rebuild
 exactly the training vocabularies)::
 
@@ -13,36 +14,47 @@ exactly the training vocabularies)::
 C_r is the number of categories in the train relations file (``data.relations``); it replaces
 ``data.num_relation_classes`` when relations are given. Typical use::
 
+    result = train(cfg, resume=False, hooks=[])   # cfg: relground.config.Config
+    result["checkpoint"]  # path of model_final.pth (or of the checkpoint written on SIGTERM/SIGINT)
+    result["status"]      # "finished" | "interrupted" (then result["signal"] is the signal number)
+
     loader, model_args = build_train_loader(cfg)          # rank / world size from torch.distributed
     model = build_model(cfg, model_args)
     test_loader = build_loader(cfg, cfg.data.test_split, model_args, train=False)
+    model, cfg, model_args = model_from_checkpoint(load_checkpoint(result["checkpoint"]))
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Optional
+from pathlib import Path
+from typing import Any, Optional
 
+from relground.config import Config, apply_overrides, from_dict, save_config, to_dict
+from relground.config.data import DataConfig
+from relground.data.dataset import GroundingDataset, build_dataloader, build_dataset, load_annotations
+from relground.data.proposals import ProposalStore
 from relground.engine import distributed as du
+from relground.engine.checkpoint import Checkpointer
+from relground.engine.hooks import HookBase
 from relground.engine.solver import per_process_batch_size
-
-if TYPE_CHECKING:
-    from relground.config import Config
-    from relground.config.data import DataConfig
-    from relground.structures.records import ImageAnnotation
-    from relground.model.reir import ReIR
+from relground.engine.trainer import Trainer
+from relground.language.glove import WordVectors, category_prior
+from relground.language.relations import load_categories
+from relground.language.vocab import PHRASE_SPECIALS, Vocabulary, tokenize
+from relground.model.reir import ReIR
+from relground.structures.records import ImageAnnotation
+from relground.utils.env import intra_op_threads, resolve_device, seed_all
 
 GLOVE_DIM = 50  # model.word_dim of the shared GloVe 6B 50-d vectors: the caption embedding starts from them
 
 
-def _phrase_token_lists(images: Sequence["ImageAnnotation"]) -> list[list[str]]:
-    from relground.language.vocab import tokenize
-
+def _phrase_token_lists(images: Sequence[ImageAnnotation]) -> list[list[str]]:
     return [tokenize(p.text) for im in images for s in im.sentences for p in s.phrases if p.grounded]
 
 
-def prepare_model_args(cfg: "Config", images: Optional[Sequence["ImageAnnotation"]] = None) -> dict[str, Any]:
+def prepare_model_args(cfg: Config, images: Optional[Sequence[ImageAnnotation]] = None) -> dict[str, Any]:
     """Vocabularies, detector classes and relation categories of the training split (see the module docstring).
 
     Args:
@@ -53,11 +65,6 @@ def prepare_model_args(cfg: "Config", images: Optional[Sequence["ImageAnnotation
         FileNotFoundError: the split, proposals or relations file is missing (named).
         ValueError: ``model.loss.relation`` is on but ``data.relations`` is empty.
     """
-    from relground.data.dataset import load_annotations
-    from relground.data.proposals import ProposalStore
-    from relground.language.relations import load_categories
-    from relground.language.vocab import PHRASE_SPECIALS, Vocabulary, tokenize
-
     data = cfg.data
     split = data.train_split
     images = load_annotations(data, split) if images is None else images
@@ -86,46 +93,41 @@ def prepare_model_args(cfg: "Config", images: Optional[Sequence["ImageAnnotation
     }
 
 
-def num_relation_classes(cfg: "Config", model_args: dict[str, Any]) -> int:
+def num_relation_classes(cfg: Config, model_args: dict[str, Any]) -> int:
     """C_r: the train relations file's category count, else ``data.num_relation_classes``."""
     return len(model_args["relation_categories"]) or cfg.data.num_relation_classes
 
 
-def _data_config(cfg: "Config", model_args: dict[str, Any], batch_size: Optional[int] = None) -> "DataConfig":
+def _data_config(cfg: Config, model_args: dict[str, Any], batch_size: Optional[int] = None) -> DataConfig:
     changes: dict[str, Any] = {"num_relation_classes": num_relation_classes(cfg, model_args)}
     if batch_size is not None:
         changes["batch_size"] = batch_size
     return dataclasses.replace(cfg.data, **changes)
 
 
-def build_dataset(cfg: "Config", split: str, model_args: dict[str, Any], images=None):
+def build_split_dataset(cfg: Config, split: str, model_args: dict[str, Any], images=None) -> GroundingDataset:
     """The :class:`~relground.data.dataset.GroundingDataset` of ``split`` with the training vocabularies.
 
     The category prior s_a uses GloVe vectors of the split's phrase words and the detector class words.
     """
-    from relground.data.dataset import build_dataset as build_grounding_dataset
-    from relground.data.dataset import load_annotations
-    from relground.language.glove import WordVectors, category_prior
-    from relground.language.vocab import Vocabulary
-
     data = _data_config(cfg, model_args)
     images = load_annotations(data, split) if images is None else images
     words = {w for tokens in _phrase_token_lists(images) for w in tokens}
     words |= {w for name in model_args["class_names"] for w in name.split()}
     vectors = WordVectors.load(words=sorted(words))
     prior = functools.partial(category_prior, class_names=model_args["class_names"], vectors=vectors)
-    return build_grounding_dataset(
+    return build_dataset(
         data, split, Vocabulary(model_args["caption_itos"]), Vocabulary(model_args["phrase_itos"]), prior, images=images
     )
 
 
 def build_loader(
-    cfg: "Config",
+    cfg: Config,
     split: str,
     model_args: dict[str, Any],
     train: bool = False,
     batch_size: Optional[int] = None,
-    images: Optional[Sequence["ImageAnnotation"]] = None,
+    images: Optional[Sequence[ImageAnnotation]] = None,
 ):
     """A loader over ``split`` for this process (rank and world size from ``torch.distributed``).
 
@@ -137,9 +139,7 @@ def build_loader(
         batch_size: per-process batch (default ``data.batch_size``).
         images: the loaded split (read from ``data.root`` when None).
     """
-    from relground.data.dataset import build_dataloader
-
-    dataset = build_dataset(cfg, split, model_args, images=images)
+    dataset = build_split_dataset(cfg, split, model_args, images=images)
     data = _data_config(cfg, model_args, batch_size)
     return build_dataloader(
         data, dataset, train=train, rank=du.get_rank(), world_size=du.get_world_size(), seed=cfg.seed,
@@ -147,15 +147,13 @@ def build_loader(
     )
 
 
-def _cuda_index(cfg: "Config") -> Optional[int]:
+def _cuda_index(cfg: Config) -> Optional[int]:
     """The CUDA device index this process uses (for DALI's GPU decoding), None on CPU."""
-    from relground.utils.env import resolve_device
-
     device = resolve_device(cfg.train.device)
     return device.index if device.type == "cuda" else None
 
 
-def build_train_loader(cfg: "Config"):
+def build_train_loader(cfg: Config):
     """The training loader of this process and the ``model_args`` gathered from the training split.
 
     The per-process batch is ``solver.ims_per_batch / (world size x train.accumulation_steps)`` when
@@ -164,8 +162,6 @@ def build_train_loader(cfg: "Config"):
     Returns:
         ``(loader, model_args)``.
     """
-    from relground.data.dataset import load_annotations
-
     images = load_annotations(cfg.data, cfg.data.train_split)
     model_args = prepare_model_args(cfg, images)
     batch_size = per_process_batch_size(cfg.solver, du.get_world_size(), cfg.train.accumulation_steps)
@@ -173,7 +169,7 @@ def build_train_loader(cfg: "Config"):
     return loader, model_args
 
 
-def build_model(cfg: "Config", model_args: dict[str, Any], word_vectors: bool = True) -> "ReIR":
+def build_model(cfg: Config, model_args: dict[str, Any], word_vectors: bool = True) -> ReIR:
     """ReIR with the training vocabularies' sizes and C_r.
 
     Args:
@@ -182,8 +178,6 @@ def build_model(cfg: "Config", model_args: dict[str, Any], word_vectors: bool = 
         word_vectors: start the caption embedding from GloVe when ``model.word_dim`` is 50 (the vectors'
             width); False skips the lookup (weights about to be loaded from a checkpoint).
     """
-    from relground.model.reir import ReIR
-
     counts = model_args["relation_class_counts"] or None
     model = ReIR(
         cfg.model,
@@ -193,9 +187,6 @@ def build_model(cfg: "Config", model_args: dict[str, Any], word_vectors: bool = 
         relation_class_counts=counts,
     )
     if word_vectors and cfg.model.word_dim == GLOVE_DIM:
-        from relground.language.glove import WordVectors
-        from relground.language.vocab import Vocabulary
-
         vocab = Vocabulary(model_args["caption_itos"])
         model.load_pretrained_word_vectors(WordVectors.load(words=vocab.itos).embedding_matrix(vocab))
     return model
@@ -211,13 +202,64 @@ def model_from_checkpoint(state: dict[str, Any], overrides: Sequence[str] = ()):
     Raises:
         ValueError: the checkpoint lacks ``config`` or ``model_args`` (not written by ``train``).
     """
-    from relground.config import Config, apply_overrides, from_dict
-
     for key in ("config", "model_args"):
         if key not in state:
-            raise ValueError(f"checkpoint has no {key!r} entry (was it written by relground.engine.train?)")
+            raise ValueError(f"checkpoint has no {key!r} entry (was it written by relground.engine.defaults.train?)")
     cfg = from_dict(Config, state["config"], source="checkpoint config")
     cfg = apply_overrides(cfg, overrides) if overrides else cfg
     model = build_model(cfg, state["model_args"], word_vectors=False)
     model.load_state_dict(state["model"])
     return model, cfg, state["model_args"]
+
+
+def train(cfg: Config, *, resume: bool = False, hooks: Sequence[HookBase] = ()) -> dict[str, Any]:
+    """Build the model and data from ``cfg``, train (resuming when asked) and return the result.
+
+    Initialises ``torch.distributed`` when launched by torchrun, writes ``<output_dir>/config.yaml``
+    (rank 0), trains, and tears the process group down.
+
+    Args:
+        cfg: a frozen :class:`relground.config.Config`.
+        resume: continue from the newest checkpoint in ``cfg.output_dir`` (starts fresh when there is none).
+        hooks: extra hooks (e.g. periodic evaluation), run after the default ones.
+
+    Returns:
+        :meth:`Trainer.train`'s dict plus ``config`` (path of the saved YAML).
+
+    Raises:
+        ValueError: ``cfg.output_dir`` already holds checkpoints and ``resume`` is False (nothing is
+            overwritten), or a bad config / data file (named).
+        FileNotFoundError: a data file is missing (named).
+        FloatingPointError: a loss became NaN/inf (the last good checkpoint is kept and named).
+    """
+    output_dir = Path(cfg.output_dir)
+    config_path = output_dir / "config.yaml"
+    if not resume and Checkpointer(output_dir / "checkpoints").latest() is not None:
+        raise ValueError(f"output_dir {output_dir} already holds checkpoints; resume it (--resume) or choose another folder")
+    device = resolve_device(cfg.train.device)
+    with intra_op_threads(cfg.train.threads if device.type == "cpu" else 0):
+        du.init_distributed(device)
+        try:
+            seed_all(cfg.seed)  # identical initial weights on every rank
+            train_loader, model_args = build_train_loader(cfg)
+            model = build_model(cfg, model_args)
+            if du.is_main_process():
+                output_dir.mkdir(parents=True, exist_ok=True)
+                save_config(cfg, config_path)
+            trainer = Trainer(
+                model,
+                train_loader,
+                cfg.solver,
+                cfg.train,
+                output_dir,
+                device=device,
+                seed=cfg.seed,
+                checkpoint_extra={"config": to_dict(cfg), "model_args": model_args},
+            )
+            trainer.register_hooks(hooks)
+            trainer.resume_or_load(resume=resume)
+            result = trainer.train()
+            result["config"] = str(config_path)
+            return result
+        finally:
+            du.destroy_distributed()
