@@ -263,3 +263,19 @@ def test_the_checker_sees_what_it_should(tmp_path):
     assert found == {("relground.engine.hooks", False), ("relground.engine.checkpoint", False),
                      ("relground.engine.solver", False), ("relground.api", True)}
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+MAX_LINES = 400
+LONG_FILE_REASON = "Over 400 lines because"
+
+
+def test_a_file_over_400_lines_says_why_at_its_top():
+    """A long module is a smell; one that stays long says why in its docstring (``Over 400 lines because ...``)."""
+    unexplained = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text()
+        if source.count("\n") > MAX_LINES:
+            docstring = ast.get_docstring(ast.parse(source)) or ""
+            if LONG_FILE_REASON not in docstring:
+                unexplained.append(f"{path.relative_to(REPO)} ({source.count(chr(10))} lines)")
+    assert not unexplained, f"files over {MAX_LINES} lines without '{LONG_FILE_REASON} ...' in their docstring: {unexplained}"

@@ -10,7 +10,6 @@ from relground.config.loader import (
     Config,
     apply_overrides,
     find_config,
-    from_dict,
     load_config,
     load_yaml_tree,
     merge_dicts,
@@ -18,10 +17,9 @@ from relground.config.loader import (
     save_config,
     shipped_config,
     shipped_config_dirs,
-    to_dict,
-    valid_keys,
 )
 from relground.config.model import LossConfig, ModelConfig
+from relground.config.schema import from_dict, to_dict, valid_keys
 from relground.config.solver import SolverConfig
 from relground.config.train import TrainConfig
 

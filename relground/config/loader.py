@@ -22,10 +22,7 @@ Example::
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import os
-import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -37,6 +34,7 @@ import yaml
 
 from relground.config.data import DataConfig
 from relground.config.model import LossConfig, ModelConfig
+from relground.config.schema import coerce, from_dict, is_dataclass_type, to_dict, type_hints, unknown_key_error, valid_keys
 from relground.config.solver import SolverConfig
 from relground.config.train import TrainConfig
 from relground.utils.io import atomic_write
@@ -74,201 +72,18 @@ class Config:
         return self.model.loss
 
 
-# ---------------------------------------------------------------------------------------------- typing
-def _type_hints(cls: type) -> dict[str, Any]:
-    """Resolved annotations of a dataclass (string annotations included)."""
-    namespace = dict(vars(sys.modules[cls.__module__]))
-    return typing.get_type_hints(cls, globalns=namespace)
-
-
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
-
-
-def _is_dataclass_type(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` and return it in canonical form (tuples, floats).
-
-    Raises:
-        ValueError: naming ``key``, the expected type and the value.
-    """
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-
-    def fail() -> typing.NoReturn:
-        raise ValueError(f"config key '{key}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None:
-            if type(None) in args:
-                return None
-            fail()
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ValueError:
-                continue
-        fail()
-    if origin is Literal:
-        if value in args:
-            return value
-        raise ValueError(f"config key '{key}': must be one of {list(args)}, got {value!r}")
-    if _is_dataclass_type(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            fail()
-        return _from_dict(tp, value, prefix=key)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        fail()
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        fail()
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        fail()
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        fail()
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            fail()
-        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(value) != len(args):
-                raise ValueError(f"config key '{key}': expected {len(args)} values ({_type_name(tp)}), got {value!r}")
-            items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
-        else:
-            item_type = args[0] if args else Any
-            items = [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            fail()
-        key_type, value_type = args if args else (Any, Any)
-        return {_coerce(k, key_type, key): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
-    if isinstance(tp, type) and isinstance(value, tp):
-        return value
-    fail()
-
-
-def valid_keys(cls: type, prefix: str = "") -> list[str]:
-    """Every dotted key of a config dataclass, nested sections included (e.g. ``model.loss.lambda_reg``)."""
-    keys = []
-    for name, tp in _type_hints(cls).items():
-        if name.startswith("_"):
-            continue
-        full = f"{prefix}{name}"
-        keys.append(full)
-        if _is_dataclass_type(tp):
-            keys.extend(valid_keys(tp, full + "."))
-    return keys
-
-
-def _unknown_key_error(key: str, candidates: Sequence[str]) -> ValueError:
-    """An error naming ``key`` and up to three close valid keys (same section first, by spelling or substring)."""
-    parent, _, leaf = key.rpartition(".")
-    siblings = {c.rpartition(".")[2]: c for c in candidates if c.rpartition(".")[0] == parent}
-    if siblings:
-        names = difflib.get_close_matches(leaf, list(siblings), n=3, cutoff=0.6)
-        names += [n for n in siblings if (leaf in n or n in leaf) and n not in names]
-        close = [siblings[n] for n in names[:3]]
-    else:  # the section itself is misspelt
-        close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return ValueError(f"unknown config key '{key}'{hint}")
-
-
-def from_dict(cls: type, values: Mapping[str, Any], prefix: str = "", source: str = "") -> Any:
-    """Build the dataclass ``cls`` from a (nested) mapping, checking keys and value types.
-
-    Args:
-        cls: a config dataclass.
-        values: field name -> value; nested sections are mappings; missing fields keep their defaults.
-        prefix: dotted path of ``cls`` inside the whole config, for error messages.
-        source: where the values came from (a file name), prefixed to error messages.
-
-    Raises:
-        ValueError: an unknown key (with suggestions) or a value of the wrong type.
-    """
-    try:
-        return _from_dict(cls, values, prefix)
-    except ValueError as exc:
-        if source:
-            raise ValueError(f"{source}: {exc}") from exc
-        raise
-
-
-def _from_dict(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
-    if not isinstance(values, Mapping):
-        raise ValueError(f"config section '{prefix or cls.__name__}' must be a mapping, got {values!r}")
-    hints = _type_hints(cls)
-    init_fields = {f.name for f in dataclasses.fields(cls) if f.init}
-    kwargs = {}
-    for name, value in values.items():
-        key = f"{prefix}.{name}" if prefix else str(name)
-        removed = getattr(cls, "REMOVED_FIELDS", {})
-        if name not in init_fields and name in removed:
-            # A key an older config (e.g. one saved in a checkpoint) still holds: accepted at the one value
-            # the code now uses, refused at any other.
-            if _as_comparable(value) != _as_comparable(removed[name]):
-                raise ValueError(f"{key} was removed; only its former default {removed[name]!r} is supported, got {value!r}")
-            continue
-        if name not in init_fields:
-            raise _unknown_key_error(key, valid_keys(cls, f"{prefix}." if prefix else ""))
-        kwargs[name] = _coerce(value, hints[name], key)
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # the section's own __post_init__ checks raise ValueError and pass through
-        raise ValueError(f"config section '{prefix or cls.__name__}': {exc}") from exc
-
-
-def _as_comparable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
-
-
-def to_dict(cfg: Any) -> Any:
-    """A config dataclass as plain YAML-safe values (tuples become lists)."""
-    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.init}
-    if isinstance(cfg, (list, tuple)):
-        return [to_dict(v) for v in cfg]
-    if isinstance(cfg, Mapping):
-        return {k: to_dict(v) for k, v in cfg.items()}
-    if isinstance(cfg, os.PathLike):
-        return os.fspath(cfg)
-    return cfg
-
-
 # ---------------------------------------------------------------------------------------------- overrides
 def _field_type(cls: type, dotted: str) -> Any:
     """The annotation of ``dotted`` inside ``cls``; raises the unknown-key error."""
     tp: Any = cls
     parts = dotted.split(".")
     for depth, part in enumerate(parts):
-        hints = _type_hints(tp) if _is_dataclass_type(tp) else {}
+        hints = type_hints(tp) if is_dataclass_type(tp) else {}
         if part not in hints or part.startswith("_"):
-            raise _unknown_key_error(dotted, valid_keys(cls))
+            raise unknown_key_error(dotted, valid_keys(cls))
         tp = hints[part]
-        if depth < len(parts) - 1 and not _is_dataclass_type(tp):
-            raise _unknown_key_error(dotted, valid_keys(cls))
+        if depth < len(parts) - 1 and not is_dataclass_type(tp):
+            raise unknown_key_error(dotted, valid_keys(cls))
     return tp
 
 
@@ -295,12 +110,12 @@ def parse_value(text: str, tp: Any, key: str) -> Any:
             return _BOOL_WORDS.get(word, word == "1")
         raise ValueError(f"config key '{key}': expected a bool (true/false), got {text!r}")
     if len(inner) == 1 and typing.get_origin(inner[0]) is Literal and all(isinstance(a, str) for a in typing.get_args(inner[0])):
-        return _coerce(text, tp, key)
+        return coerce(text, tp, key)
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ValueError(f"config key '{key}': cannot parse {text!r}: {exc}") from exc
-    return _coerce(value, tp, key)
+    return coerce(value, tp, key)
 
 
 def _split_override(override: str) -> tuple[str, str]:

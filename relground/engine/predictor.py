@@ -22,7 +22,8 @@ from relground.config import Config, load_config
 from relground.data.dataset import load_annotations
 from relground.engine.checkpoint import Checkpointer, load_checkpoint
 from relground.engine.defaults import build_loader, build_model, model_from_checkpoint
-from relground.evaluation.evaluator import evaluate_model, load_twins
+from relground.evaluation.evaluator import load_twins
+from relground.evaluation.inference import evaluate_model
 from relground.structures.records import ImageAnnotation
 
 

@@ -33,6 +33,9 @@ settings, so a re-run over unchanged captions reads the cache instead of parsing
 
 (One file of ~420 lines on purpose: the parse rules, the alignment and the categories are one contract,
 read together with ``docs/relations.md``; ``relground data relations`` lives in ``relground/cli/data.py``.)
+
+Over 400 lines because parsing, alignment to the annotated phrases, category building and their cache
+are one pipeline whose steps share the rules above.
 """
 from __future__ import annotations
 

@@ -10,6 +10,9 @@ Two ways to turn C4 into box features (``ModelConfig.box_head``):
 Weights come from a local file in torchvision, detectron2, maskrcnn-benchmark or Detectron/Caffe naming
 (:func:`map_resnet_state_dict`). The images are normalised by the data layer (Caffe BGR mean or torchvision
 mean/std, matching the weights); the backbone needs to know nothing else.
+
+Over 400 lines because the weight mapping, the feature cache and the RoI pooling of the frozen ResNet are
+kept beside it (to be split by the training-step work).
 """
 
 from __future__ import annotations

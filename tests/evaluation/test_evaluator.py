@@ -18,7 +18,6 @@ from relground.structures.records import ImageAnnotation, PhraseAnnotation, Sent
 from relground.evaluation.evaluator import (
     IOU_THRESHOLDS,
     EvalPhrase,
-    evaluate_model,
     evaluate_predictions,
     evaluation_phrases,
     grounding_metrics,
@@ -27,6 +26,7 @@ from relground.evaluation.evaluator import (
     proposal_upper_bound,
     save_predictions,
 )
+from relground.evaluation.inference import evaluate_model
 from relground.evaluation.visualize import PALETTE, draw_groundings, plot_accuracy_vs_iou
 from tests.utils import SHARED_DATA, needs_shared_data
 
