@@ -1,4 +1,4 @@
-"""Images per second of the two loaders, PIL + torchvision v2 (baseline) and DALI, in the same run.
+"""Images per second of the three loaders, PIL + torchvision v2 (baseline), torchvision.io and DALI, in the same run.
 
 pytest-benchmark mode (bench/conftest.py prints the speedup over the PIL baseline)::
 
@@ -12,7 +12,9 @@ Workload: ``IMAGES`` synthetic quality-90 JPEGs of 500 x 375 (a typical Flickr30
 folder, one (image, sentence) pair each, resized to 600 / 1000 (the paper's setting), Caffe BGR normalisation,
 M = 50 proposals, batches of 8. The PIL path runs in-process (``num_workers=0``) so both use the same cores;
 DALI decodes on the CPU (``device_id=None``) with ``THREADS`` threads. Everything except decode + resize +
-normalise is the same code (``GroundingDataset.build_item``), so the ratio isolates the image pipeline.
+normalise is the same code (``GroundingDataset.build_item``), so the ratio isolates the image pipeline. The
+``torchvision`` loader (``data.loader: torchvision``) decodes with ``torchvision.io`` and resizes + normalises
+in :func:`relground.data.device_decode.finish_images`, here on the CPU (on a GPU: nvJPEG and the GPU).
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ import pytest
 if __name__ == "__main__":  # script mode: import the checkout without installing it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from relground.data.dataset import GroundingDataset, collate_grounding
+from relground.config.data import DataConfig
+from relground.data.dataset import GroundingDataset, build_dataloader, collate_grounding
 from relground.data.proposals import ProposalSet, ProposalStore, write_proposals
 from relground.structures.records import ImageAnnotation, PhraseAnnotation, SentenceAnnotation
 from relground.language.vocab import PHRASE_SPECIALS, Vocabulary, tokenize
@@ -68,7 +71,13 @@ def pil_epoch(dataset: GroundingDataset) -> int:
     return len(dataset)
 
 
-def dali_epoch(loader) -> int:
+def torchvision_loader(workload: dict):
+    """The ``torchvision`` loader, in-process like the PIL baseline, decoding and finishing on the CPU."""
+    cfg = DataConfig(loader="torchvision", batch_size=BATCH, num_workers=0)
+    return build_dataloader(cfg, GroundingDataset(**workload, raw_images="decoded"), train=False)
+
+
+def loader_epoch(loader) -> int:
     return sum(batch.batch_size for batch in loader)
 
 
@@ -84,13 +93,18 @@ def test_pil(benchmark, workload):
     assert benchmark.pedantic(pil_epoch, args=(dataset,), rounds=3, warmup_rounds=1) == IMAGES
 
 
+def test_torchvision_cpu(benchmark, workload):
+    benchmark.group = "data-loading-cpu"
+    assert benchmark.pedantic(loader_epoch, args=(torchvision_loader(workload),), rounds=3, warmup_rounds=1) == IMAGES
+
+
 def test_dali_cpu(benchmark, workload):
     pytest.importorskip("nvidia.dali")
     from relground.data.dali import DaliGroundingLoader
 
     loader = DaliGroundingLoader(GroundingDataset(**workload, load_images=False), BATCH, num_threads=THREADS)
     benchmark.group = "data-loading-cpu"
-    assert benchmark.pedantic(dali_epoch, args=(loader,), rounds=3, warmup_rounds=1) == IMAGES
+    assert benchmark.pedantic(loader_epoch, args=(loader,), rounds=3, warmup_rounds=1) == IMAGES
 
 
 def main() -> None:
@@ -105,20 +119,24 @@ def main() -> None:
         workload = make_workload(Path(tmp), args.images)
         runs = {
             "pil": (pil_epoch, GroundingDataset(**workload)),
-            "dali-cpu": (dali_epoch, DaliGroundingLoader(GroundingDataset(**workload, load_images=False), BATCH,
+            "torchvision-cpu": (loader_epoch, torchvision_loader(workload)),
+            "dali-cpu": (loader_epoch, DaliGroundingLoader(GroundingDataset(**workload, load_images=False), BATCH,
                                                           num_threads=args.threads)),
         }
-        rates = {}
-        for name, (epoch, source) in runs.items():
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for epoch, source in runs.values():
             epoch(source)  # warm-up
-            times = []
-            for _ in range(args.rounds):
+        for _ in range(args.rounds):  # rounds interleaved: a load change on a shared machine hits every loader
+            for name, (epoch, source) in runs.items():
                 start = time.perf_counter()
                 n = epoch(source)
-                times.append(time.perf_counter() - start)
-            rates[name] = n / float(np.median(times))
-            print(f"{name:<9} {rates[name]:8.1f} images/s")
-        print(f"dali-cpu / pil = {rates['dali-cpu'] / rates['pil']:.2f}x")
+                times[name].append(time.perf_counter() - start)
+        rates = {}
+        for name in runs:
+            rates[name] = n / float(np.median(times[name]))
+            print(f"{name:<15} {rates[name]:8.1f} images/s (median of {args.rounds} interleaved rounds)")
+        for name in ("torchvision-cpu", "dali-cpu"):
+            print(f"{name} / pil = {rates[name] / rates['pil']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 Example::
 
     from relground.api import Grounder        # also relground.Grounder
-    grounder = Grounder.from_checkpoint("outputs/demo/full/checkpoints/model_final.pth")
+    grounder = Grounder.from_checkpoint("outputs/demo/full")   # a run folder, or its checkpoints/model_final.pth
     for phrase in grounder.ground("dog.jpg", "A dog catches a red ball ."):
         print(phrase.text, phrase.box, phrase.score)   # box: x1, y1, x2, y2 in the image's pixels
+    grounder.ground("dog.jpg", "A dog catches a red ball .", phrases=["a red ball"])   # only this phrase
 
 A checkpoint written by :func:`relground.engine.defaults.train` holds everything needed to rebuild the model
 (see :mod:`relground.engine.predictor`, whose ``TrainedModel`` also evaluates a checkpoint on dataset splits).
@@ -27,8 +28,8 @@ from relground.data.dataset import GroundingDataset
 from relground.data.proposals import ProposalSet, sliding_windows
 from relground.data.transforms import transform_image
 from relground.engine.defaults import num_relation_classes
-from relground.engine.predictor import TrainedModel
-from relground.language.captions import CaptionSplit, split_caption
+from relground.engine.predictor import TrainedModel, resolve_checkpoint
+from relground.language.captions import CaptionSplit, PhraseSpec, split_caption
 from relground.language.glove import WordVectors, category_prior
 from relground.language.relations import align_relations, load_parser
 from relground.language.relations import parse_caption as parse_relations
@@ -36,6 +37,8 @@ from relground.language.vocab import Vocabulary, tokenize
 from relground.structures.records import ImageAnnotation, PhraseAnnotation, RelationAnnotation, SentenceAnnotation
 
 ImageInput = Union[str, Path, Image.Image]
+
+__all__ = ["GroundedPhrase", "Grounder"]
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ def _as_tuple(t: torch.Tensor) -> tuple[float, float, float, float]:
 def _load_rgb(image: ImageInput) -> Image.Image:
     if isinstance(image, (str, Path)):
         if not Path(image).is_file():
-            raise FileNotFoundError(f"image file not found: {image}")
+            raise FileNotFoundError(f"image: file not found: {image}")
         with Image.open(image) as pil:
             return pil.convert("RGB")
     if isinstance(image, Image.Image):
@@ -83,12 +86,12 @@ class Grounder:
     """Ground the phrases of a caption in an image with a trained ReIR.
 
     Args:
-        trained: a :class:`~relground.engine.predictor.TrainedModel`.
+        trained: a :class:`~relground.engine.predictor.TrainedModel` (usually built by :meth:`from_checkpoint`).
 
     Example:
         >>> grounder = Grounder.from_checkpoint("outputs/demo/full")        # doctest: +SKIP
-        >>> [p.text for p in grounder.ground("img.jpg", "A red circle left of a blue square .")]  # doctest: +SKIP
-        ['A red circle', 'a blue square']
+        >>> [p.text for p in grounder.ground("img.jpg", "a red circle to the left of a blue square")]  # doctest: +SKIP
+        ['a red circle', 'a blue square']
     """
 
     def __init__(self, trained: TrainedModel):
@@ -98,32 +101,71 @@ class Grounder:
         self.num_relation_classes = num_relation_classes(self.cfg, trained.model_args)
 
     @classmethod
-    def from_checkpoint(cls, path, *, device: Union[str, torch.device] = "cpu", overrides: Sequence[str] = ()) -> "Grounder":
-        """Rebuild from a checkpoint file (or a training output folder) written by ``relground train``."""
-        return cls(TrainedModel.from_checkpoint(path, overrides=overrides, device=device))
+    def from_checkpoint(
+        cls, path: Union[str, Path], *, device: Union[str, torch.device] = "cpu", overrides: Sequence[str] = ()
+    ) -> "Grounder":
+        """Rebuild a trained ReIR from a run folder or a checkpoint file written by ``relground train`` / ``demo``.
+
+        Args:
+            path: a run folder (e.g. ``outputs/demo/full``: its ``checkpoints/model_final.pth``, else its newest
+                periodic checkpoint) or a checkpoint file (``.../checkpoints/model_final.pth``).
+            device: where the model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+            overrides: ``key=value`` config overrides (e.g. ``"data.root=/elsewhere"``).
+
+        Raises:
+            FileNotFoundError: ``path`` is neither a checkpoint file nor a folder holding one.
+            ValueError: the file is not a checkpoint written by relground's training.
+        """
+        try:
+            checkpoint = resolve_checkpoint(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"Grounder.from_checkpoint: path={str(path)!r} is neither a checkpoint file nor a run folder holding "
+                "one (expected e.g. outputs/demo/full or outputs/demo/full/checkpoints/model_final.pth)"
+            ) from None
+        return cls(TrainedModel.from_checkpoint(checkpoint, overrides=overrides, device=device))
 
     @staticmethod
-    def split_caption(caption: str) -> CaptionSplit:
-        """The caption's words and phrases (see :func:`relground.language.captions.split_caption`)."""
-        return split_caption(caption)
+    def split_caption(caption: str, phrases: Optional[Sequence[PhraseSpec]] = None) -> CaptionSplit:
+        """The caption's words and the phrases :meth:`ground` grounds (:func:`relground.language.captions.split_caption`).
+
+        Example:
+            >>> [p.text for p in Grounder.split_caption("the violet cross to the left of the big blue square").phrases]
+            ['the violet cross', 'the big blue square']
+        """
+        return split_caption(caption, phrases)
 
     @torch.inference_mode()
     def ground(
-        self, image: ImageInput, caption: str, proposals: Optional[Union[ProposalSet, np.ndarray]] = None
+        self,
+        image: ImageInput,
+        caption: str,
+        proposals: Optional[Union[ProposalSet, np.ndarray]] = None,
+        phrases: Optional[Sequence[PhraseSpec]] = None,
     ) -> list[GroundedPhrase]:
-        """Ground every phrase of ``caption`` in ``image``.
+        """Ground the phrases of ``caption`` in ``image``.
 
         Args:
             image: path or PIL image.
-            caption: plain text (phrases = spaCy noun chunks) or Flickr30K Entities markup.
+            caption: plain text or Flickr30K Entities markup (``[/EN#1/people A man] throws ...``, its phrases
+                are grounded). Plain text is split into its entity phrases, the ones the relations of training
+                join ("the violet cross to the left of the big blue square" -> "the violet cross", "the big
+                blue square"), unless ``phrases`` is given.
+            phrases: the phrases to ground instead, each a string of the caption's words or a
+                ``(first_word_index, num_words)`` span of :meth:`split_caption`'s ``words``.
             proposals: a ``ProposalSet`` of this image (detector boxes + labels, original pixels), or an
                 ``np.ndarray[M, 4]`` of unlabeled boxes; None = :func:`sliding_windows`. Unlabeled boxes get a
                 category prior of 1 (no class evidence). At most ``data.max_proposals`` are used.
 
         Returns:
-            one :class:`GroundedPhrase` per phrase, in caption order (empty when the caption has none).
+            one :class:`GroundedPhrase` per phrase, in caption order (``phrases``' order when given; empty when
+            the caption has none).
+
+        Raises:
+            FileNotFoundError: no image file at ``image``.
+            ValueError: an empty caption, a phrase not in it, or no proposals.
         """
-        parsed = split_caption(caption)
+        parsed = split_caption(caption, phrases)
         if not parsed.phrases:
             return []
         pil = _load_rgb(image)

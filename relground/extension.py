@@ -90,7 +90,7 @@ def check_build_matches(built: Mapping[str, Any], torch_version: str, cuda_versi
     if not problems:
         return None
     return (
-        f"relground._C was built against {_describe(built_torch, built_cuda)} but the running torch is "
+        f"relground._C was built against {_describe(built_torch, built_cuda)} but runs under "
         f"{_describe(torch_version, run_cuda)} ({'; '.join(problems)}). A C++ extension only works with the "
         f"torch it was compiled against.\n{REBUILD_HINT}"
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from relground.cli.demo import add_threads_argument, progress_printer, run_with_threads
+from relground.cli.common import add_experiment_arguments, progress_printer, run_with_threads
 from relground.experiments.ablation import DEFAULT_ITERATIONS, ROWS, run_ablation
 from relground.experiments.demo import DEFAULT_IMAGES
 
@@ -28,11 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic benchmark (default 0)")
     p.add_argument("--rows", default=",".join(ROWS),
                    help=f"comma-separated rows to run (default all: {','.join(ROWS)})")
-    p.add_argument("--config", default=None, help="base config: a YAML file or a shipped config name (default: synthetic.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every run, repeatable")
-    add_threads_argument(p)
-    p.add_argument("--json", action="store_true", help="last stdout line: one JSON object with every row")
+    add_experiment_arguments(p, applies_to="every run", json_line="one JSON object with every row")
     p.set_defaults(func=run)
 
 

@@ -13,6 +13,7 @@ from relground.data.flickr30k import load_flickr30k
 from relground.data.proposals import (
     convert_bottom_up, detect_proposals, detector_class_names, image_files, read_class_names, write_proposals,
 )
+from relground.data.stand_in import STAND_IN_DATASETS, write_stand_in
 from relground.data.synthetic import format_properties, generate_synthetic
 from relground.language.relations import (
     PARSE_FORMAT_VERSION, PARSER_MODEL, build_relations, load_categories, parse_captions,
@@ -55,6 +56,22 @@ def register(subparsers) -> None:
     synth.add_argument("--image-size", type=int, default=128, help="side of the square images in pixels")
     synth.add_argument("--json", action="store_true", help="print the measured properties as JSON")
     synth.set_defaults(func=run_synth)
+
+    stand = sub.add_parser(
+        "stand-in",
+        help="stand-in JPEGs (noise, each image's annotated size) and proposals for real annotations: "
+        "check an installation before the images arrive",
+    )
+    stand.add_argument("--dataset", choices=STAND_IN_DATASETS, required=True)
+    stand.add_argument("--root", required=True, help="real annotations (Flickr30K Entities layout, or text_objseg)")
+    stand.add_argument("--out", required=True, help="output root: annotations linked, split files, images, proposals")
+    stand.add_argument("--images", type=int, default=None, help="first N images of each split (default: all)")
+    stand.add_argument("--split", dest="splits", action="append", default=None, metavar="SPLIT",
+                       help="a split to write (repeatable; default: train, val, test)")
+    stand.add_argument("--max-proposals", type=int, default=50, help="proposals per image (M)")
+    stand.add_argument("--seed", type=int, default=0)
+    stand.add_argument("--json", action="store_true", help="print the summary as JSON")
+    stand.set_defaults(func=run_stand_in)
 
     conv = sub.add_parser("convert-proposals", help="convert a bottom-up-attention style pickle to relground HDF5")
     conv.add_argument("--pickle", required=True, help="{image_id: {'boxes': [N, 6] x1,y1,x2,y2,score,label}}")
@@ -130,6 +147,20 @@ def run_synth(args) -> int:
     """``relground data synth``: generate, then print the properties (``--json``: one JSON object)."""
     props = generate_synthetic(args.out, args.images, args.seed, args.image_size, progress=not args.json)
     print(json.dumps(props, sort_keys=True) if args.json else format_properties(props))
+    return 0
+
+
+def run_stand_in(args) -> int:
+    """``relground data stand-in``: write the stand-in root, print what it holds."""
+    splits = tuple(args.splits or ("train", "val", "test"))
+    summary = write_stand_in(args.dataset, args.root, args.out, splits, args.images, args.max_proposals, args.seed)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+        return 0
+    for split, counts in summary["splits"].items():
+        print(f"{split:>6}: {counts['images']} images, {counts['sentences']} sentences, {counts['phrases']} phrases, "
+              f"{counts['proposals']} stand-in proposals")
+    print(f"wrote {summary['out']} ({summary['bytes'] / 2**20:.1f} MiB); the pixels are noise: a dry run, not a result")
     return 0
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 
-from relground.experiments.demo import DEFAULT_EXAMPLES, DEFAULT_IMAGES, DEFAULT_ITERATIONS, DEFAULT_THREADS, run_demo
-from relground.utils.env import intra_op_threads
+from relground.cli.common import add_experiment_arguments, progress_printer, run_with_threads
+from relground.experiments.demo import DEFAULT_EXAMPLES, DEFAULT_IMAGES, DEFAULT_ITERATIONS, run_demo
 
 
 def register(subparsers) -> None:
@@ -24,36 +24,8 @@ def register(subparsers) -> None:
                    help=f"training iterations per model (default {DEFAULT_ITERATIONS})")
     p.add_argument("--seed", type=int, default=0, help="seed of the benchmark and of training (default 0)")
     p.add_argument("--examples", type=int, default=DEFAULT_EXAMPLES, help="test images to draw (default 4)")
-    p.add_argument("--config", default=None, help="base config: a YAML file or a shipped config name (default: synthetic.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for both models, repeatable")
-    add_threads_argument(p)
-    p.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
+    add_experiment_arguments(p, applies_to="both models", json_line="one JSON object")
     p.set_defaults(func=run)
-
-
-def add_threads_argument(parser) -> None:
-    """``--threads`` (shared with ``relground ablation``)."""
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                        help=f"torch intra-op threads during the run (default {DEFAULT_THREADS}, restored afterwards)")
-
-
-def run_with_threads(args, body) -> int:
-    """Validate ``--threads`` and run ``body(args)`` with that many torch intra-op threads."""
-    if args.threads <= 0:
-        raise ValueError(f"--threads: must be positive, got {args.threads}")
-    with intra_op_threads(args.threads):
-        return body(args)
-
-
-def progress_printer(quiet: bool):
-    """Progress lines on stdout, silenced with ``--json`` so that the JSON line is all a script parses."""
-
-    def log(text: str) -> None:
-        if not quiet:
-            print(text, flush=True)
-
-    return log
 
 
 def run(args) -> int:

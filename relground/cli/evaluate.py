@@ -18,7 +18,8 @@ from relground.config.data import DATASETS
 from relground.data.proposals import ProposalStore
 from relground.data.catalog import load_split
 from relground.engine.predictor import TrainedModel
-from relground.evaluation.evaluator import evaluate_predictions, format_metrics, load_predictions, load_twins
+from relground.evaluation.evaluator import evaluate_predictions, format_metrics, load_twins
+from relground.evaluation.predictions import load_predictions
 from relground.evaluation.visualize import plot_accuracy_vs_iou
 
 

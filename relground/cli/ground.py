@@ -14,6 +14,7 @@ from pathlib import Path
 from relground.api import Grounder
 from relground.data.proposals import ProposalStore
 from relground.evaluation.visualize import draw_groundings
+from relground.utils.errors import MissingEntryError
 
 
 def register(subparsers) -> None:
@@ -40,7 +41,7 @@ def run(args) -> int:
         image_id = args.image_id or image.stem
         store = ProposalStore(args.proposals)
         if image_id not in store:
-            raise KeyError(f"--proposals: {args.proposals} has no entry for image id {image_id!r} (set --image-id)")
+            raise MissingEntryError(f"--proposals: {args.proposals} has no entry for image id {image_id!r} (set --image-id)")
         proposals = store[image_id]
     phrases = grounder.ground(image, args.caption, proposals=proposals)
     words = grounder.split_caption(args.caption).words

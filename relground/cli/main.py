@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from relground.cli import ablation, data, demo, evaluate, ground, info, train
+from relground.cli import ablation, benchmark, data, demo, evaluate, ground, info, train
+from relground.utils.errors import MissingEntryError
 
 SUBCOMMANDS = {"data": data, "train": train, "evaluate": evaluate, "ground": ground, "demo": demo,
-               "ablation": ablation, "info": info}
+               "ablation": ablation, "info": info, "benchmark": benchmark}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,9 +31,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, KeyError) as exc:  # user errors: one clear line, no traceback
-        print(f"relground {args.command}: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:  # user errors: one clear line, no traceback
+        print(f"relground {args.command}: error: {error_message(exc)}", file=sys.stderr)
         return 2
+
+
+# Bad input (a file, a config value, a checkpoint): the readers and loaders raise these with a message naming the
+# file and what was expected (ValueError covers CheckpointError, UnicodeDecodeError and json's errors; the OSErrors
+# a path that cannot be opened). Anything else, a bare KeyError or a full disk included, is a bug or an environment
+# problem and keeps its traceback.
+USER_ERRORS = (ValueError, MissingEntryError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def error_message(exc: BaseException) -> str:
+    """The one-line message of a user error."""
+    return str(exc) or type(exc).__name__
 
 
 if __name__ == "__main__":

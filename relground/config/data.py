@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 DATASETS = ("flickr30k", "referit", "synthetic")
 PIXEL_FORMATS = ("caffe_bgr", "torchvision")
-LOADERS = ("pil", "dali")
+LOADERS = ("pil", "dali", "torchvision")
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,13 @@ class DataConfig:
         pixel_format (str): ``caffe_bgr`` (BGR, minus the Caffe mean, 0..255, std 1: the authors'
             backbone) or ``torchvision`` (RGB, 0..1, ImageNet mean/std). Default ``caffe_bgr``.
         batch_size (int): (image, sentence) pairs per batch and process. Default 10.
+        captions_per_image (int): c; training batches group up to c captions of each image (about
+            ``batch_size / c`` images a batch, the backbone run once per image; keep ``batch_size`` a multiple of
+            c). 1 = independent pairs, the authors' batches. PIL and torchvision loaders. Default 1.
         num_workers (int): DataLoader worker processes. Default 2.
-        loader (str): ``pil`` (PIL + torchvision transforms v2) or ``dali`` (NVIDIA DALI). Default ``pil``.
+        loader (str): ``pil`` (PIL + torchvision transforms v2 in the workers), ``dali`` (NVIDIA DALI; ``mixed``
+            decoding on a GPU) or ``torchvision`` (uint8 images or JPEG bytes handed over; nvJPEG decoding on a GPU,
+            libjpeg-turbo in the workers on CPU; resize and normalisation on the device). Default ``pil``.
         vocab_min_freq (int): keep words seen at least this often in the train split. Default 1.
         num_relation_classes (int): width of ``relation_labels`` (the paper: 88). Default 88.
         skip_invalid (bool): leave malformed annotation files out (reported) instead of failing. Default False.
@@ -46,6 +51,7 @@ class DataConfig:
     max_size: int = 1000
     pixel_format: str = "caffe_bgr"
     batch_size: int = 10
+    captions_per_image: int = 1
     num_workers: int = 2
     loader: str = "pil"
     vocab_min_freq: int = 1
@@ -60,11 +66,13 @@ class DataConfig:
         ):
             if value not in allowed:
                 raise ValueError(f"data.{name}: {value!r} is not one of {allowed}")
-        for name in ("max_proposals", "min_size", "max_size", "batch_size"):
+        for name in ("max_proposals", "min_size", "max_size", "batch_size", "captions_per_image"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"data.{name}: must be positive, got {getattr(self, name)}")
         if self.max_size < self.min_size:
             raise ValueError(f"data.max_size ({self.max_size}) must be >= data.min_size ({self.min_size})")
+        if self.captions_per_image > 1 and self.loader == "dali":
+            raise ValueError(f"data.captions_per_image > 1 needs data.loader 'pil' or 'torchvision', got {self.loader!r}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers: must be >= 0, got {self.num_workers}")
 

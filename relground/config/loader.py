@@ -211,9 +211,17 @@ def load_yaml_tree(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> di
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes().count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte offset {exc.start}: {exc.reason}); expected a YAML "
+                         "config") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: invalid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context = getattr(exc, "context", None)
+        raise ValueError(f"{where}: invalid YAML: {problem}" + (f" ({context})" if context else "")) from None
     if not isinstance(tree, dict):
         raise ValueError(f"{path}: a config file must hold a mapping, got {type(tree).__name__}")
     bases = tree.pop(BASE_KEY, None) or []

@@ -25,6 +25,7 @@ VOGN_VARIANTS = ("authors", "paper")
 VOGN_WEIGHTS = ("attention", "uniform")
 STAGE2_POOLINGS = ("fused", "fine")
 RANKING_FORMS = ("hinge", "contrastive")
+RANKING_NEGATIVES = ("global", "local")
 REGRESSION_INPUTS = ("box_feature", "pooled", "grid")
 
 
@@ -60,6 +61,11 @@ class LossConfig:
         relation_form: ``bce`` (multi-label BCE, mean over pairs and classes, authors) or ``ce`` (softmax cross
             entropy per pair, as the paper's text; several categories share the target mass), see
             :func:`relground.losses.relation_loss`.
+        ranking_negatives: under data parallelism, where the ranking loss looks for negatives: ``global`` (the
+            similarity matrix over the whole global batch, embeddings all-gathered with gradients: the same loss
+            whatever the number of processes) or ``local`` (each process's own pairs, as the authors' 4 GPUs x
+            10: fewer negatives as processes are added; the term keeps its weight). No effect in a single process
+            (docs/distributed.md).
     """
 
     # Fields that older configs (and the configs stored in older checkpoints) still hold, with the one value the
@@ -80,6 +86,7 @@ class LossConfig:
     score_gap: float = 0.1
     ranking_form: str = "hinge"
     relation_form: str = "bce"
+    ranking_negatives: str = "global"
 
     def __post_init__(self) -> None:
         for name in ("reconstruction_stages", "ranking_stages"):
@@ -92,6 +99,10 @@ class LossConfig:
         check_relation_form(self.relation_form)
         if self.ranking_form not in RANKING_FORMS:
             raise ValueError(f"loss.ranking_form must be one of {RANKING_FORMS}, got {self.ranking_form!r}")
+        if self.ranking_negatives not in RANKING_NEGATIVES:
+            raise ValueError(
+                f"loss.ranking_negatives must be one of {RANKING_NEGATIVES}, got {self.ranking_negatives!r}"
+            )
         if not 0.0 <= self.iou_threshold <= 1.0:
             raise ValueError(f"loss.iou_threshold must be in [0, 1], got {self.iou_threshold}")
 
@@ -119,9 +130,14 @@ class ModelConfig:
             augmentation: the map of an image then never changes).
         cache_max_images: bound of that cache (least recently used images are dropped). Default 4096.
         channels_last: run the backbone in channels_last memory format.
+        fold_backbone_bn: fold the frozen backbone's BatchNorms into its convolutions at build time (one op fewer
+            per conv; needs ``freeze_backbone``). Exact in real arithmetic, not bit-identical in float32, so off by
+            default; checkpoints of a folded model load into folded models only. Default False.
         hidden_dim: d, width of box, phrase and node features. Authors: 1024.
         word_dim: word-embedding width (50 to load the shared GloVe 6B 50-d vectors). Authors: 1024.
         rnn_type: ``gru`` (authors) or ``lstm`` (the paper's text).
+        decoder_rnn_type: the phrase reconstruction decoder's recurrent cell: ``gru`` (authors) or ``lstm`` (the
+            paper's text). Default ``gru``.
         bidirectional: bidirectional encoder (each direction hidden_dim / 2 wide).
         two_stage: TSD, the second (fine) stage on the top-K proposals.
         top_k: K proposals per phrase kept for stage 2. Default 5.
@@ -169,6 +185,11 @@ class ModelConfig:
         cls_bias: initial bias of F_cls's output. Authors: 0 (PyTorch default init). A positive start makes the
             untrained s_hat * s_a follow the category prior rather than flip it where s_hat < 0.
         native_ops: use relground.ops (native kernels when built); False = the pure-PyTorch references.
+        static_shapes: the training step without host synchronisation (docs/model.md, "Static-shape mode"): every
+            box and phrase of the padded batch is computed and masked instead of selected, batch statistics and
+            loss means are masked sums, the GRU runs on the padded words, and the losses branch on no value, so
+            ``torch.compile(fullgraph=True)`` traces the whole step (``train.compile``). Same model and losses, not
+            bit-identical to the default (other summation orders), so off by default. Default False.
         loss: the :class:`LossConfig`.
     """
 
@@ -191,6 +212,7 @@ class ModelConfig:
     cache_features: bool = False
     cache_max_images: int = 4096
     channels_last: bool = False
+    fold_backbone_bn: bool = False
     hidden_dim: int = 1024
     word_dim: int = 1024
     rnn_type: str = "gru"
@@ -220,6 +242,8 @@ class ModelConfig:
     regression_input: str = "box_feature"
     regression_grid: int = 2
     native_ops: bool = True
+    static_shapes: bool = False
+    decoder_rnn_type: str = "gru"
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
@@ -229,6 +253,7 @@ class ModelConfig:
             "backbone": BACKBONES,
             "box_head": BOX_HEADS,
             "rnn_type": RNN_TYPES,
+            "decoder_rnn_type": RNN_TYPES,
             "score_fusion": SCORE_FUSIONS,
             "vogn_variant": VOGN_VARIANTS,
             "vogn_weights": VOGN_WEIGHTS,
@@ -251,6 +276,10 @@ class ModelConfig:
             raise ValueError(f"model.hidden_dim must be even with model.bidirectional, got {self.hidden_dim}")
         if self.cache_features and not self.freeze_backbone:
             raise ValueError("model.cache_features needs model.freeze_backbone (a trained map changes every step)")
+        if self.fold_backbone_bn and not self.freeze_backbone:
+            raise ValueError(
+                "model.fold_backbone_bn needs model.freeze_backbone (a training BatchNorm cannot be folded)"
+            )
         if self.vogn and not self.two_stage:
             raise ValueError("model.vogn needs model.two_stage (the graph feeds the fine stage)")
         if self.vogn_geometry and not self.vogn:

@@ -29,6 +29,12 @@ class TrainConfig:
         max_loss: stop like the NaN guard when the total or any loss term exceeds this in magnitude; None (default)
             = only NaN/inf stop. A diverging run (a loss at 1e31 hundreds of steps before it turns inf) then ends
             at once, with the last good checkpoint named.
+        data_order: ``"auto"``: shuffled by a ``RandomSampler`` in one process, by the ``DistributedSampler``'s
+            ``(seed, epoch)`` permutation in several; ``"distributed"``: that permutation in one process too, so
+            that runs with any number of processes and the same global batch train on the same global batches
+            (docs/distributed.md).
+        compile: run the model's training forward and losses through ``torch.compile(fullgraph=True)`` (needs
+            ``model.static_shapes``: the default step synchronises with the host and cannot be traced whole).
     """
 
     device: str = "auto"
@@ -42,10 +48,14 @@ class TrainConfig:
     find_unused_parameters: bool = True
     threads: int = 0
     max_loss: Optional[float] = None
+    data_order: Literal["auto", "distributed"] = "auto"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.max_loss is not None and not self.max_loss > 0:
             raise ValueError(f"train.max_loss must be > 0 or null, got {self.max_loss}")
+        if self.data_order not in ("auto", "distributed"):
+            raise ValueError(f"train.data_order must be 'auto' or 'distributed', got {self.data_order!r}")
         if self.threads < 0:
             raise ValueError(f"train.threads must be >= 0 (0 = torch's default), got {self.threads}")
         for name in ("accumulation_steps", "checkpoint_period", "keep_checkpoints", "log_period"):

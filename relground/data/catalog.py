@@ -15,14 +15,13 @@ Which names exist is written twice on purpose: ``relground.config.data.DATASETS`
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 from relground.config.data import DATASETS
 from relground.data.flickr30k import load_flickr30k, read_image_size
-from relground.data.referit import IMSIZE_FILE, find_referit_dir, load_referit
+from relground.data.referit import IMSIZE_FILE, find_referit_dir, load_referit, read_json
 from relground.data.stats import split_stats
 from relground.structures.records import ImageAnnotation
 
@@ -47,8 +46,12 @@ def _flickr_image_sizes(root: Path) -> ImageSizes:
 
 
 def _referit_image_sizes(root: Path) -> ImageSizes:
-    with open(find_referit_dir(root) / IMSIZE_FILE) as f:
-        return {Path(name).stem: (int(w), int(h)) for name, (w, h) in json.load(f).items()}
+    path = find_referit_dir(root) / IMSIZE_FILE
+    sizes = read_json(path)  # named errors for a missing, broken or undecodable file
+    try:
+        return {Path(name).stem: (int(w), int(h)) for name, (w, h) in sizes.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError(f'{path}: expected {{"<image>.jpg": [width, height]}} with integer sizes') from None
 
 
 def _referit_stats(images: list[ImageAnnotation]) -> dict[str, int]:
@@ -114,6 +117,11 @@ def load_split(dataset: str, root, split: str, skip_invalid: bool = False) -> li
 
     Returns:
         list[ImageAnnotation]: in the split file's order.
+
+    Example:
+        >>> images = load_split("flickr30k", "data/flickr30k_entities", "test")  # doctest: +SKIP
+        >>> len(images), images[0].sentences[0].phrases[0].union_box  # doctest: +SKIP
+        (1000, (...))
     """
     return dataset_entry(dataset).load(root, split, skip_invalid=skip_invalid)
 

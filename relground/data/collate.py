@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-from relground.structures.batch import GroundingBatch
+from relground.structures.batch import GroundingBatch, image_codes
 
 
 @dataclass
@@ -46,6 +46,8 @@ def collate_grounding(
     if not items:
         raise ValueError("collate_grounding: items is empty")
     b = len(items)
+    if images is None and items[0].image.dim() == 1:  # JPEG bytes (torchvision loader): [B, longest file]
+        images = torch.nn.utils.rnn.pad_sequence([it.image for it in items], batch_first=True)
     if images is None:
         max_h = max(it.image.shape[1] for it in items)
         max_w = max(it.image.shape[2] for it in items)
@@ -98,6 +100,7 @@ def collate_grounding(
         relation_labels=torch.stack(relation_labels) if relation_labels else torch.zeros(0, num_relation_classes),
         gt_boxes=gt,
         meta=[it.meta for it in items],
+        **image_codes([it.meta.get("image_id") for it in items]),
     )
 
 

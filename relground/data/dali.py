@@ -77,6 +77,7 @@ def build_pipeline(
     Returns:
         nvidia.dali.Pipeline: built; outputs ``(images [3, h, w] float32, labels [1] int32)``.
     """
+    # optional dependency (NVIDIA DALI): imported only when the dali loader is chosen
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali import math as dmath
 

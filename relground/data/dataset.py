@@ -6,6 +6,7 @@ for evaluation and never reach a loss.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -17,14 +18,28 @@ from torch.utils.data import DataLoader, Dataset
 
 from relground.config.data import DataConfig
 from relground.data.catalog import load_split
-from relground.data.collate import GroundingItem, GroundingCollate, collate_grounding
-from relground.data.dali import DaliGroundingLoader  # imports nvidia.dali only when a DALI loader is built
-from relground.data.proposals import ProposalStore
-from relground.data.samplers import ResumableDistributedSampler
+from relground.data.collate import GroundingCollate, GroundingItem, collate_grounding
+from relground.data.dali import (
+    DaliGroundingLoader,  # imports nvidia.dali only when a DALI loader is built
+)
+from relground.data.device_decode import DeviceBatches, read_image
+from relground.data.flickr30k import SkipReport
+from relground.data.proposals import ProposalStore, validate_proposals
+from relground.data.samplers import (
+    ImageGroupedBatchSampler,
+    ResumableDistributedSampler,
+)
 from relground.data.transforms import resize_scale, resized_size, transform_image
 from relground.language.relations import attach_relations
 from relground.language.vocab import tokenize
 from relground.structures.records import ImageAnnotation, SentenceAnnotation
+from relground.utils.errors import MissingEntryError
+
+logger = logging.getLogger(__name__)
+
+# A JPEG ends with the end-of-image marker FF D9; a file cut short does not (checked in this many tail bytes, so
+# a few bytes of padding after the marker still pass).
+JPEG_TAIL_BYTES = 4096
 
 __all__ = [
     "GroundingDataset", "GroundingItem", "build_dataloader", "build_dataset", "collate_grounding", "load_annotations",
@@ -57,7 +72,19 @@ class GroundingDataset(Dataset):
         pixel_format (str): ``caffe_bgr`` or ``torchvision``. Default ``caffe_bgr``.
         num_relation_classes (int): width of the relation multi-hot. Default 88.
         load_images (bool): decode images here (PIL path); ``False`` when DALI decodes them. Default True.
+        raw_images (str, optional): with ``load_images``, hand over the image unresized for
+            :func:`relground.data.device_decode.finish_images`: ``"decoded"`` (uint8 ``[3, H, W]``, decoded here by
+            ``torchvision.io``) or ``"jpeg"`` (the file's bytes, uint8 ``[N]``, for nvJPEG). Default None (PIL).
         image_dir (str, optional): folder holding ``<image_id>.jpg``; default: each record's ``image_path``.
+        check_files (bool): check every image's proposals (:func:`relground.data.proposals.validate_proposals`,
+            image size) and image file header (readable, complete JPEG, the annotated size) here, before any
+            training starts. Default False (:func:`build_dataset` turns it on).
+        skip_invalid (bool): with ``check_files``, leave out images that fail a check (counted and named in
+            ``skip_report`` and a warning) instead of raising. Default False.
+
+    Raises:
+        KeyError: an image has no proposals (names the file and the image id).
+        ValueError: with ``check_files``, an image or its proposals fail a check (names each file and image id).
     """
 
     def __init__(
@@ -74,9 +101,14 @@ class GroundingDataset(Dataset):
         num_relation_classes: int = 88,
         load_images: bool = True,
         image_dir: Optional[str] = None,
+        check_files: bool = False,
+        skip_invalid: bool = False,
+        raw_images: Optional[str] = None,
     ) -> None:
+        if raw_images not in (None, "decoded", "jpeg"):
+            raise ValueError(f"raw_images: {raw_images!r} is not None, 'decoded' or 'jpeg'")
+        self.raw_images = raw_images
         self.images = list(images)
-        self.pairs = usable_pairs(self.images)
         self.proposals = proposals
         self.caption_vocab = caption_vocab
         self.phrase_vocab = phrase_vocab
@@ -91,7 +123,46 @@ class GroundingDataset(Dataset):
         missing = [im.image_id for im in self.images if im.image_id not in proposals]
         if missing:
             source = getattr(proposals, "path", "proposals")
-            raise KeyError(f"{source}: no proposals for {len(missing)} image(s), e.g. image id {missing[0]!r}")
+            raise MissingEntryError(f"{source}: no proposals for {len(missing)} image(s), e.g. image id {missing[0]!r}")
+        self.skip_report = SkipReport()
+        if check_files:
+            self._check_files(skip_invalid)
+        self.pairs = usable_pairs(self.images)
+
+    def _check_files(self, skip_invalid: bool) -> None:
+        """Every image's proposals and image header, before training; drops (and reports) or raises."""
+        problems = []
+        for image in self.images:
+            reason = self.proposal_problem(image)
+            if reason is None and (self.load_images or self.image_dir or image.image_path):
+                reason = image_file_problem(self.image_dir, image)
+            if reason is not None:
+                problems.append((image.image_id, reason))
+        if not problems:
+            return
+        self.skip_report.skipped.extend(problems)
+        if not skip_invalid:
+            raise ValueError(f"{len(problems)} of {len(self.images)} image(s) cannot be used: "
+                             + self.skip_report.summary().split(": ", 1)[1]
+                             + " (fix the files, or set data.skip_invalid=true to leave them out)")
+        bad = {image_id for image_id, _ in problems}
+        self.images = [im for im in self.images if im.image_id not in bad]
+        logger.warning("%s", self.skip_report.summary())
+        if not self.images:
+            raise ValueError(f"every image was left out: {self.skip_report.summary()}")
+
+    def proposal_problem(self, image: ImageAnnotation) -> Optional[str]:
+        """Why ``image``'s proposals cannot be used (named), or None."""
+        source = str(getattr(self.proposals, "path", "proposals"))
+        try:
+            stored = self.proposals[image.image_id]  # a ProposalStore validates rows and labels as it reads
+            validate_proposals(stored, image.image_id, source)
+        except (ValueError, KeyError, OSError) as e:
+            return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        if (stored.width, stored.height) != (image.width, image.height):
+            return (f"{source}: image {image.image_id!r}: proposals are for a {stored.width}x{stored.height} image "
+                    f"but the annotation says {image.width}x{image.height}")
+        return None
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -106,9 +177,27 @@ class GroundingDataset(Dataset):
         image_index, sentence_position = self.pairs[index]
         record = self.images[image_index]
         sentence = record.sentences[sentence_position]
+        if self.load_images and self.raw_images is not None:
+            # Decoded (or not) here, resized and normalised by finish_images on the device; the scale depends only
+            # on the annotated size (checked against the file's by _check_files), as in the DALI path.
+            path = self.image_path(record)
+            try:
+                pixels = read_image(path, decode=self.raw_images == "decoded")
+            except RuntimeError as e:  # torchvision.io: corrupt JPEG
+                raise ValueError(f"{path}: image id {record.image_id!r}: cannot decode the image ({e})") from None
+            scale = resize_scale(record.height, record.width, self.min_size, self.max_size)
+            image_size = resized_size(record.height, record.width, scale)
+            item = self.build_item(record, sentence, pixels, image_size, scale)
+            if self.raw_images == "jpeg":
+                item.meta["jpeg_bytes"] = pixels.numel()
+            return item
         if self.load_images:
-            with Image.open(self.image_path(record)) as pil:
-                pixels, scale = transform_image(pil.convert("RGB"), self.min_size, self.max_size, self.pixel_format)
+            path = self.image_path(record)
+            try:
+                with Image.open(path) as pil:
+                    pixels, scale = transform_image(pil.convert("RGB"), self.min_size, self.max_size, self.pixel_format)
+            except (OSError, SyntaxError) as e:  # PIL: truncated or undecodable file, not caught by a header check
+                raise ValueError(f"{path}: image id {record.image_id!r}: cannot decode the image ({e})") from None
             image_size = tuple(pixels.shape[-2:])
         else:
             # DALI decodes the image; the scale depends only on the annotated size, so both paths agree.
@@ -163,6 +252,34 @@ class GroundingDataset(Dataset):
         )
 
 
+def image_file_problem(image_dir: Optional[str], image: ImageAnnotation) -> Optional[str]:
+    """Why ``image``'s file cannot be used, from its header only (no decoding), or None.
+
+    Checks: the file exists, PIL recognises it, its size equals the annotation's ``width x height`` (the boxes
+    are in annotation pixels, the scale comes from the pixels), and a JPEG ends with its end-of-image marker.
+    """
+    path = Path(image_dir) / f"{image.image_id}.jpg" if image_dir else image.image_path
+    if path is None:
+        return (f"image file not found for image id {image.image_id!r}: no {image.image_id}.jpg/.jpeg/.png in the "
+                "dataset's image folder (or set data.images)")
+    if not Path(path).is_file():
+        return f"image file not found for image id {image.image_id!r}: {path}"
+    try:
+        with Image.open(path) as pil:
+            size, fmt = pil.size, pil.format
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return f"{path}: image id {image.image_id!r}: not a readable image ({e})"
+    if tuple(size) != (image.width, image.height):
+        return (f"{path}: image id {image.image_id!r}: the image is {size[0]}x{size[1]} pixels but its annotation "
+                f"says {image.width}x{image.height}")
+    if fmt == "JPEG":
+        with open(path, "rb") as f:
+            f.seek(max(0, Path(path).stat().st_size - JPEG_TAIL_BYTES))
+            if b"\xff\xd9" not in f.read():
+                return f"{path}: image id {image.image_id!r}: truncated JPEG (no end-of-image marker)"
+    return None
+
+
 def load_annotations(cfg: DataConfig, split: str) -> list[ImageAnnotation]:
     """Read ``split`` with the dataset's reader (the catalog's) and attach relations when ``cfg.relations`` is set."""
     images = load_split(cfg.dataset, cfg.root, split, skip_invalid=cfg.skip_invalid)
@@ -186,8 +303,12 @@ def build_dataset(cfg: DataConfig, split: str, caption_vocab, phrase_vocab, cate
         max_size=cfg.max_size,
         pixel_format=cfg.pixel_format,
         num_relation_classes=cfg.num_relation_classes,
-        load_images=cfg.loader == "pil",
+        load_images=cfg.loader != "dali",
+        # torchvision: the workers decode on CPU only when there is no GPU to decode (nvJPEG) instead.
+        raw_images=("jpeg" if torch.cuda.is_available() else "decoded") if cfg.loader == "torchvision" else None,
         image_dir=cfg.images or None,
+        check_files=True,
+        skip_invalid=cfg.skip_invalid,
     )
 
 
@@ -199,6 +320,7 @@ def build_dataloader(
     world_size: int = 1,
     seed: int = 0,
     device_id: Optional[int] = None,
+    distributed_order: bool = False,
 ):
     """Batches of ``dataset`` for one process of ``world_size``.
 
@@ -209,11 +331,28 @@ def build_dataloader(
         rank (int), world_size (int): this process's shard; a :class:`ResumableDistributedSampler` when
             ``world_size > 1``.
         seed (int): shuffling seed (call ``loader.sampler.set_epoch(e)`` per epoch when distributed).
-        device_id (int, optional): GPU for DALI's ``mixed`` decoder; ``None`` = CPU decoding.
+        device_id (int, optional): GPU for DALI's ``mixed`` decoder and the ``torchvision`` loader's nvJPEG decode,
+            resize and side-stream prefetch (also the PIL loader's prefetch); ``None`` = CPU.
+        distributed_order (bool): the distributed sampler's ``(seed, epoch)`` order even for ``world_size`` 1 (the
+            same global batches at any world size).
 
     Returns:
-        Iterable[GroundingBatch]: a ``DataLoader`` (PIL) or a :class:`relground.data.dali.DaliGroundingLoader`.
+        Iterable[GroundingBatch]: a ``DataLoader`` (PIL on CPU), a :class:`relground.data.dali.DaliGroundingLoader`,
+        or a :class:`relground.data.device_decode.DeviceBatches` over a ``DataLoader`` (``torchvision``, or PIL
+        with a GPU: batches finished on ``device_id``, the next prepared on a side stream).
     """
+    loader = _torch_dataloader(cfg, dataset, train, rank, world_size, seed, device_id, distributed_order)
+    if cfg.loader == "dali":
+        return loader
+    device = torch.device("cpu") if device_id is None else torch.device("cuda", device_id)
+    if cfg.loader == "torchvision" or device.type == "cuda":
+        return DeviceBatches(loader, dataset.min_size, dataset.max_size, dataset.pixel_format, device)
+    return loader
+
+
+def _torch_dataloader(cfg: DataConfig, dataset: GroundingDataset, train: bool, rank: int, world_size: int, seed: int,
+                      device_id: Optional[int], distributed_order: bool):
+    """The ``DataLoader`` (or DALI loader) of :func:`build_dataloader`, images as the dataset hands them over."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank: {rank} must be in [0, world_size={world_size})")
     if cfg.loader == "dali":
@@ -221,8 +360,22 @@ def build_dataloader(
             dataset, cfg.batch_size, shuffle=train, rank=rank, world_size=world_size, seed=seed,
             num_threads=max(1, cfg.num_workers), device_id=device_id,
         )
+    if train and cfg.captions_per_image > 1:
+        # Captions of one image in one batch: the model runs its backbone once per distinct image.
+        batch_sampler = ImageGroupedBatchSampler(
+            [image_index for image_index, _ in dataset.pairs], cfg.batch_size, cfg.captions_per_image,
+            shuffle=True, seed=seed, drop_last=True, rank=rank, world_size=world_size,
+        )
+        return DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            num_workers=cfg.num_workers,
+            collate_fn=GroundingCollate(cfg.num_relation_classes),
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=cfg.num_workers > 0,
+        )
     sampler = None
-    if world_size > 1:
+    if world_size > 1 or distributed_order:
         # Same (seed, epoch) permutation as DistributedSampler; a resumed run starts mid-epoch without loading
         # the batches it already trained on.
         sampler = ResumableDistributedSampler(

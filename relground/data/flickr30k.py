@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import xml.etree.ElementTree as ET
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ BOX_TOLERANCE = 1.0
 # is slower than one process (train: 41 s in-process vs 105 s with 2 workers on a loaded 2-core machine).
 PARALLEL_MIN_IMAGES = 2000
 PARALLEL_MIN_CORES = 4
+# An image id names the files Annotations/<id>.xml and Sentences/<id>.txt: no path separators or control bytes.
+_SAFE_ID = re.compile(r"^[^/\\\x00-\x1f]+$")
 
 
 @dataclass
@@ -72,8 +75,8 @@ def _xml_int(element: ET.Element, tag: str, path: Path) -> int:
         raise ValueError(f"{path}: <{element.tag}> has no <{tag}>")
     try:
         return int(float(child.text))
-    except ValueError:
-        raise ValueError(f"{path}: <{element.tag}>/<{tag}> is not a number: {child.text!r}") from None
+    except (ValueError, OverflowError):  # "abc", "nan", "inf"
+        raise ValueError(f"{path}: <{element.tag}>/<{tag}> is not a finite number: {child.text!r}") from None
 
 
 def _parse_xml(path: Path) -> ET.Element:
@@ -110,6 +113,8 @@ def parse_annotation_xml(path) -> tuple[int, int, dict[str, list[Box]], set[str]
     if size is None:
         raise ValueError(f"{path}: no <size> element")
     width, height = _xml_int(size, "width", path), _xml_int(size, "height", path)
+    if width <= 0 or height <= 0:
+        raise ValueError(f"{path}: <size> must be positive, got width={width} height={height}")
     chain_boxes: dict[str, list[Box]] = {}
     chains: set[str] = set()
     for index, obj in enumerate(root.iter("object")):
@@ -141,7 +146,28 @@ def parse_sentence_line(line: str, path: Path, line_number: int) -> tuple[list[s
     Raises:
         ValueError: unbalanced or nested brackets, or a malformed ``[/EN#...`` tag (names file and line).
     """
-    return parse_markup(line, where=f"{path}:{line_number + 1}")
+    where = f"{path}:{line_number + 1}"
+    words, phrases = parse_markup(line, where=where)
+    for _, text, chain, _ in phrases:
+        phrase_words = text.split(" ")
+        if not text.strip() or "" in phrase_words:  # `[/EN#11/cross ]`: the closing bracket alone
+            raise ValueError(f"{where}: empty phrase of chain {chain} (expected at least one word before its ']')")
+        for word in phrase_words:
+            if "[" in word or "]" in word:  # `cross]]`: the word would become `cross]`
+                raise ValueError(f"{where}: stray bracket in word {word!r} of phrase {text!r} of chain {chain} "
+                                 "(a doubled ']' or a '[' inside a phrase)")
+    return words, phrases
+
+
+def read_text_lines(path: Path, what: str) -> list[str]:
+    """Lines of a UTF-8 text file; ``ValueError`` naming the file and line of the first undecodable byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}:{line}: {what} is not UTF-8 text (byte {data[e.start:e.start + 1]!r} at offset "
+                         f"{e.start}: {e.reason})") from None
 
 
 def parse_sentences(path, chain_boxes: dict[str, list[Box]], chains: Optional[set[str]] = None) -> list[SentenceAnnotation]:
@@ -155,9 +181,11 @@ def parse_sentences(path, chain_boxes: dict[str, list[Box]], chains: Optional[se
     """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")
+        lines = read_text_lines(path, "the sentences file")
     except FileNotFoundError:
         raise FileNotFoundError(f"sentences file not found: {path}") from None
+    if lines and lines[-1].endswith("\r"):  # CRLF file: the release uses LF
+        lines = [line.rstrip("\r") for line in lines]
     if lines and lines[-1] == "":  # the newline that ends the file
         lines.pop()
     if not lines:
@@ -202,7 +230,14 @@ def read_split(root, split: str) -> list[str]:
     path = Path(root) / f"{split}.txt"
     if not path.is_file():
         raise FileNotFoundError(f"split list not found: {path} (split={split!r})")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    ids = [line.strip() for line in read_text_lines(path, "the split list") if line.strip()]
+    if not ids:
+        raise ValueError(f"{path}: split list {split!r} is empty (expected one image id per line)")
+    for image_id in ids:
+        if not _SAFE_ID.match(image_id):
+            raise ValueError(f"{path}: split list {split!r}: {image_id!r} is not an image id (expected a file stem "
+                             "such as 1000092795)")
+    return ids
 
 
 def _image_paths(root: Path) -> dict[str, str]:
@@ -212,11 +247,14 @@ def _image_paths(root: Path) -> dict[str, str]:
     return {p.stem: str(p) for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")}
 
 
-def _load_one(args: tuple[str, str, Optional[str], bool]):
+def _load_one(args: tuple[str, str, Optional[str], bool, str]):
     """Worker: ``(ImageAnnotation, None)`` or, when skipping, ``(None, reason)``."""
-    root, image_id, image_path, skip_invalid = args
+    root, image_id, image_path, skip_invalid, split_file = args
     try:
-        return load_image(root, image_id, image_path), None
+        try:
+            return load_image(root, image_id, image_path), None
+        except FileNotFoundError as e:  # also name the list that asked for it (a damaged split file lists bad ids)
+            raise FileNotFoundError(f"{e} (image id {image_id!r} listed in {split_file})") from None
     except (ValueError, FileNotFoundError) as e:
         if not skip_invalid:
             raise
@@ -254,7 +292,8 @@ def load_flickr30k(
         raise FileNotFoundError(f"dataset root not found: {root}")
     ids = read_split(root, split)
     paths = _image_paths(root)
-    jobs = [(str(root), image_id, paths.get(image_id), skip_invalid) for image_id in ids]
+    split_file = str(root / f"{split}.txt")
+    jobs = [(str(root), image_id, paths.get(image_id), skip_invalid, split_file) for image_id in ids]
     if workers is None:
         cores = os.cpu_count() or 1
         workers = min(cores, 8) if len(ids) >= PARALLEL_MIN_IMAGES and cores >= PARALLEL_MIN_CORES else 0
@@ -272,4 +311,6 @@ def load_flickr30k(
             images.append(image)
     if len(report):
         logger.warning("%s split %r: %s", root, split, report.summary())
+    if not images:
+        raise ValueError(f"{root / (split + '.txt')}: every image of split {split!r} is invalid; {report.summary()}")
     return images

@@ -11,9 +11,13 @@ Layout (``format_version = 1``)::
 Writers (``write_proposals``, ``convert_bottom_up``, ``detect_proposals``) validate every box and write
 atomically (temporary file + rename), so a crashed conversion never leaves a half-written store behind.
 Without a detector, :func:`sliding_windows` gives a fixed multi-scale window set (``relground ground``).
+
+Over 400 lines because the one on-disk format keeps its reader, its validation and its three writers together
+(a check added to one is seen by all).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -25,6 +29,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import h5py
 import numpy as np
+
+from relground.utils.errors import MissingEntryError
 
 FORMAT_VERSION = 1
 # Detectors (and the bottom-up pickles) emit boxes a fraction of a pixel past the border after
@@ -98,6 +104,10 @@ def validate_proposals(proposals: ProposalSet, image_id: str, source: str, num_c
             raise ValueError(f"{where}, row {row}: {what}: box={b[row].tolist()} label={int(proposals.labels[row])}")
 
 
+def _sha256(text) -> str:
+    return hashlib.sha256(str(text).encode("utf-8")).hexdigest()
+
+
 def write_proposals(path, sets: Mapping[str, ProposalSet], class_names: Sequence[str]) -> Path:
     """Validate and write proposals to an HDF5 file atomically.
 
@@ -123,12 +133,14 @@ def write_proposals(path, sets: Mapping[str, ProposalSet], class_names: Sequence
         with h5py.File(tmp, "w") as f:
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["class_names"] = json.dumps(list(class_names))
+            f.attrs["class_names_sha256"] = _sha256(f.attrs["class_names"])
             images = f.create_group("images")
             for image_id, proposals in sets.items():
                 g = images.create_group(str(image_id))
-                g.create_dataset("boxes", data=proposals.boxes.astype(np.float32))
-                g.create_dataset("scores", data=proposals.scores.astype(np.float32))
-                g.create_dataset("labels", data=proposals.labels.astype(np.int64))
+                # fletcher32: a per-chunk checksum, so a damaged byte in the numbers is an error, not other boxes
+                g.create_dataset("boxes", data=proposals.boxes.astype(np.float32), fletcher32=True)
+                g.create_dataset("scores", data=proposals.scores.astype(np.float32), fletcher32=True)
+                g.create_dataset("labels", data=proposals.labels.astype(np.int64), fletcher32=True)
                 g.attrs["width"] = proposals.width
                 g.attrs["height"] = proposals.height
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; the proposals file is shared data
@@ -151,6 +163,15 @@ class ProposalStore:
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is not a relground proposals file of a known ``format_version``.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "proposals.h5"
+        >>> boxes = np.array([[0.0, 0.0, 10.0, 10.0]], dtype=np.float32)                      # [M=1, 4]
+        >>> _ = write_proposals(path, {"img1": ProposalSet(boxes, np.array([0.9]), np.array([0]), 20, 20)}, ["man"])
+        >>> store = ProposalStore(path)
+        >>> store["img1"].boxes.tolist(), store["img1"].labels.tolist(), "img1" in store
+        ([[0.0, 0.0, 10.0, 10.0]], [0], True)
     """
 
     def __init__(self, path) -> None:
@@ -160,17 +181,31 @@ class ProposalStore:
         self._file: Optional[h5py.File] = None
         self._pid: Optional[int] = None
         f = self._handle()
-        version = f.attrs.get("format_version")
-        if version != FORMAT_VERSION or "images" not in f or "class_names" not in f.attrs:
+        try:
+            version = f.attrs.get("format_version")
+            layout_ok = version == FORMAT_VERSION and "images" in f and "class_names" in f.attrs
+            class_names = json.loads(f.attrs["class_names"]) if layout_ok else None
+        except (OSError, KeyError, ValueError, TypeError) as e:  # damaged metadata (h5py), bad JSON
+            raise ValueError(f"{self.path}: damaged proposals file metadata ({type(e).__name__}: {e})") from None
+        if not layout_ok:
             raise ValueError(
                 f"{self.path}: not a relground proposals file (format_version={version!r}, "
                 f"expected {FORMAT_VERSION} with attr 'class_names' and group 'images')"
             )
-        self.class_names: list[str] = json.loads(f.attrs["class_names"])
+        if not isinstance(class_names, list) or not class_names or not all(isinstance(n, str) for n in class_names):
+            raise ValueError(f"{self.path}: attr 'class_names' must be a non-empty JSON list of names")
+        checksum = f.attrs.get("class_names_sha256")  # absent in files written before it was added
+        if checksum is not None and str(checksum) != _sha256(f.attrs["class_names"]):
+            raise ValueError(f"{self.path}: attr 'class_names' does not match its checksum (damaged file)")
+        self.class_names: list[str] = class_names
 
     def _handle(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():
-            self._file = h5py.File(self.path, "r")
+            try:
+                self._file = h5py.File(self.path, "r")
+            except OSError as e:  # h5py: truncated file, not HDF5, ...
+                raise ValueError(f"{self.path}: cannot be read as an HDF5 proposals file (truncated or damaged?): "
+                                 f"{str(e).splitlines()[0]}") from None
             self._pid = os.getpid()
         return self._file
 
@@ -191,12 +226,25 @@ class ProposalStore:
         return str(image_id) in self._handle()["images"]
 
     def __getitem__(self, image_id) -> ProposalSet:
+        """The image's proposals, validated (:func:`validate_proposals` with the store's classes).
+
+        Raises:
+            KeyError: no proposals for ``image_id``.
+            ValueError: a damaged entry or a bad row (NaN, inverted or outside box, label outside the classes),
+                naming the file, the image id and the row.
+        """
         images = self._handle()["images"]
         key = str(image_id)
         if key not in images:
-            raise KeyError(f"{self.path}: no proposals for image id {key!r}")
-        g = images[key]
-        return ProposalSet(g["boxes"][()], g["scores"][()], g["labels"][()], g.attrs["width"], g.attrs["height"])
+            raise MissingEntryError(f"{self.path}: no proposals for image id {key!r}")
+        try:
+            g = images[key]
+            proposals = ProposalSet(g["boxes"][()], g["scores"][()], g["labels"][()], g.attrs["width"], g.attrs["height"])
+        except (OSError, KeyError, ValueError, TypeError) as e:  # h5py read error, missing dataset/attr, bad shape
+            raise ValueError(f"{self.path}: image {key!r}: damaged proposals entry (expected datasets boxes [M, 4], "
+                             f"scores [M], labels [M] and attrs width, height): {type(e).__name__}: {e}") from None
+        validate_proposals(proposals, key, str(self.path), num_classes=len(self.class_names))
+        return proposals
 
     def close(self) -> None:
         if self._file is not None:
@@ -291,6 +339,7 @@ def detect_proposals(
         dict[str, ProposalSet]: proposals per image id in original-image pixels. ``labels`` are the
         model's class ids (0 is background in torchvision detectors and never returned).
     """
+    # local: only `relground data detect-proposals` runs a detector (torchvision.models loads in seconds)
     import torch
     from PIL import Image
     from torchvision.models import detection
@@ -335,7 +384,7 @@ def detect_proposals(
 
 def detector_class_names(arch: str, sets: Mapping[str, ProposalSet]) -> list[str]:
     """Class names of a torchvision detector: its weight enum's categories (COCO), else the label ids as text."""
-    from torchvision.models import get_model_weights
+    from torchvision.models import get_model_weights  # local: as in detect_proposals
 
     try:
         names = list(get_model_weights(arch).DEFAULT.meta["categories"])
@@ -363,6 +412,11 @@ def sliding_windows(width: int, height: int, fractions: Sequence[float] = WINDOW
 
     Returns:
         np.ndarray[N, 4] float32, xyxy pixels, larger windows first.
+
+    Example:
+        >>> windows = sliding_windows(640, 480)
+        >>> windows.shape, windows.dtype, windows[:2].tolist()  # the whole image, then the 75% windows
+        ((50, 4), dtype('float32'), [[0.0, 0.0, 640.0, 480.0], [0.0, 0.0, 480.0, 360.0]])
     """
     boxes = []
     for f in fractions:

@@ -22,6 +22,7 @@ Expressions are whitespace-normalised (``" ".join(text.split())``) so that ``wor
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -45,14 +46,22 @@ def find_referit_dir(root) -> Path:
     raise FileNotFoundError(f"{BBOX_FILE} not found in {root} or {root / 'text_objseg'} (ReferIt root)")
 
 
-def _load_json(path: Path):
+def read_json(path: Path):
+    """A ReferIt JSON file; ``FileNotFoundError`` / ``ValueError`` naming it when missing, broken or not UTF-8."""
     if not path.is_file():
         raise FileNotFoundError(f"ReferIt file not found: {path}")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: broken JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); expected a text_objseg JSON file") from None
+
+
+def _expect_object(data, path: Path, layout: str) -> None:
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object {layout}, got {type(data).__name__}")
 
 
 def _crop_sort_key(imcrop_id: str):
@@ -83,9 +92,18 @@ def load_referit(root, split: str) -> list[ImageAnnotation]:
         60105
     """
     folder = find_referit_dir(root)
-    queries = _load_json(folder / QUERY_FILE.format(split=split))
-    bboxes = _load_json(folder / BBOX_FILE)
-    sizes = _load_json(folder / IMSIZE_FILE)
+    queries = read_json(folder / QUERY_FILE.format(split=split))
+    bboxes = read_json(folder / BBOX_FILE)
+    sizes = read_json(folder / IMSIZE_FILE)
+    query_path = folder / QUERY_FILE.format(split=split)
+    _expect_object(queries, query_path, "{imcrop_id: [expression, ...]}")
+    _expect_object(bboxes, folder / BBOX_FILE, "{imcrop_id: [xmin, ymin, xmax, ymax]}")
+    _expect_object(sizes, folder / IMSIZE_FILE, '{"<image>.jpg": [width, height]}')
+    if not queries:
+        raise ValueError(f"{query_path}: no queries (split {split!r} is empty)")
+    for imcrop_id, expressions in queries.items():
+        if not isinstance(expressions, list):
+            raise ValueError(f"{query_path}: imcrop {imcrop_id!r}: expected a list of expressions, got {expressions!r}")
     imlist_path = folder / IMLIST_FILE.format(split=split)
     if imlist_path.is_file():
         image_order = [line.strip() for line in imlist_path.read_text().splitlines() if line.strip()]
@@ -105,7 +123,10 @@ def load_referit(root, split: str) -> list[ImageAnnotation]:
         name = f"{image_id}.jpg"
         if name not in sizes:
             raise ValueError(f"{folder / IMSIZE_FILE}: no size for image {name!r}")
-        width, height = (int(v) for v in sizes[name])
+        size = sizes[name]
+        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, (int, float)) and v > 0 for v in size)):
+            raise ValueError(f"{folder / IMSIZE_FILE}: image {name!r}: expected [width, height] > 0, got {size!r}")
+        width, height = (int(v) for v in size)
         chain_boxes = {}
         sentences = []
         for imcrop_id in sorted(crops_by_image[image_id], key=_crop_sort_key):
@@ -127,9 +148,11 @@ def _crop_box(bboxes: dict, imcrop_id: str, width: int, height: int, path: Path)
     if imcrop_id not in bboxes:
         raise ValueError(f"{path}: no box for imcrop {imcrop_id!r}")
     raw = bboxes[imcrop_id]
-    if len(raw) != 4:
-        raise ValueError(f"{path}: imcrop {imcrop_id!r}: box must have 4 numbers, got {raw}")
+    if not (isinstance(raw, list) and len(raw) == 4 and all(isinstance(v, (int, float)) for v in raw)):
+        raise ValueError(f"{path}: imcrop {imcrop_id!r}: box must be 4 numbers [xmin, ymin, xmax, ymax], got {raw!r}")
     x1, y1, x2, y2 = (float(v) for v in raw)
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        raise ValueError(f"{path}: imcrop {imcrop_id!r}: non-finite box {raw}")
     if x2 < x1 or y2 < y1:
         raise ValueError(f"{path}: imcrop {imcrop_id!r}: inverted box {raw}")
     if x1 < 0 or y1 < 0 or x2 > width - 1 or y2 > height - 1:

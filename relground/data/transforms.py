@@ -59,6 +59,12 @@ def transform_image(image, min_size: int, max_size: int, pixel_format: str) -> t
 
     Returns:
         tuple: ``(Tensor[3, h, w] float32, scale)`` with ``h, w = resized_size(H, W, scale)``.
+
+    Example:
+        >>> from PIL import Image
+        >>> pixels, scale = transform_image(Image.new("RGB", (640, 480)), 600, 1000, "caffe_bgr")
+        >>> pixels.shape, pixels.dtype, scale   # shorter side 480 -> 600
+        (torch.Size([3, 600, 800]), torch.float32, 1.25)
     """
     image = F.to_image(image)  # uint8 [3, H, W]
     height, width = image.shape[-2:]

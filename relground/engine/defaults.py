@@ -36,7 +36,9 @@ from relground.config.data import DataConfig
 from relground.data.dataset import GroundingDataset, build_dataloader, build_dataset, load_annotations
 from relground.data.proposals import ProposalStore
 from relground.engine import distributed as du
-from relground.engine.checkpoint import Checkpointer
+from relground.engine.checkpoint import (
+    CheckpointError, Checkpointer, check_resumable, config_differences, find_loadable_checkpoint, warn_broken_checkpoints,
+)
 from relground.engine.hooks import HookBase
 from relground.engine.solver import per_process_batch_size
 from relground.engine.trainer import Trainer
@@ -143,7 +145,7 @@ def build_loader(
     data = _data_config(cfg, model_args, batch_size)
     return build_dataloader(
         data, dataset, train=train, rank=du.get_rank(), world_size=du.get_world_size(), seed=cfg.seed,
-        device_id=_cuda_index(cfg),
+        device_id=_cuda_index(cfg), distributed_order=train and cfg.train.data_order == "distributed",
     )
 
 
@@ -192,7 +194,7 @@ def build_model(cfg: Config, model_args: dict[str, Any], word_vectors: bool = Tr
     return model
 
 
-def model_from_checkpoint(state: dict[str, Any], overrides: Sequence[str] = ()):
+def model_from_checkpoint(state: dict[str, Any], overrides: Sequence[str] = (), source: str = "checkpoint"):
     """Rebuild ``(model, cfg, model_args)`` from a checkpoint dict written by ``train`` (weights loaded).
 
     Args:
@@ -204,12 +206,93 @@ def model_from_checkpoint(state: dict[str, Any], overrides: Sequence[str] = ()):
     """
     for key in ("config", "model_args"):
         if key not in state:
-            raise ValueError(f"checkpoint has no {key!r} entry (was it written by relground.engine.defaults.train?)")
+            raise ValueError(f"{source}: checkpoint has no {key!r} entry (was it written by relground.engine.defaults.train?)")
     cfg = from_dict(Config, state["config"], source="checkpoint config")
     cfg = apply_overrides(cfg, overrides) if overrides else cfg
     model = build_model(cfg, state["model_args"], word_vectors=False)
-    model.load_state_dict(state["model"])
+    load_model_weights(model, state, cfg, source=source)
     return model, cfg, state["model_args"]
+
+
+# Keys a resumed run may change: where the files are, how the machine runs it, how long it trains and how
+# often it logs / checkpoints. Every other key changes the model, the optimisation or the data order.
+RESUMABLE_KEYS = (
+    "output_dir", "name", "data.root", "data.proposals", "data.relations", "data.images", "data.num_workers",
+    "data.loader", "data.val_split", "data.test_split", "solver.max_iter", "train.device", "train.threads",
+    "train.checkpoint_period", "train.keep_checkpoints", "train.log_period", "train.progress_bar",
+    "train.tensorboard", "train.max_loss",
+)
+
+
+def load_model_weights(model, state: dict[str, Any], cfg: Optional[Config] = None, source: str = "checkpoint") -> None:
+    """``model.load_state_dict(state["model"])``; on a shape mismatch a ``ValueError`` naming the config keys that
+    differ between the checkpoint's ``config`` and ``cfg`` (e.g. ``model.hidden_dim``) instead of torch's
+    size-mismatch list."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        keys = []
+        if cfg is not None and isinstance(state.get("config"), dict):
+            try:
+                saved = to_dict(from_dict(Config, state["config"], source=f"{source} config"))
+            except (ValueError, KeyError, TypeError):
+                saved = state["config"]
+            keys = [k for k in config_differences(saved, to_dict(cfg)) if k.startswith(("model.", "data.num_relation"))]
+        detail = ("; ".join(keys) if keys else str(e).splitlines()[0])
+        raise ValueError(
+            f"{source}: its weights do not fit the model built from the config ({detail}); use the checkpoint's own "
+            "values for these keys"
+        ) from None
+
+
+def load_resume_checkpoint(cfg: Config) -> tuple[Optional[Path], Optional[dict[str, Any]]]:
+    """The checkpoint a ``--resume`` of ``cfg.output_dir`` continues from, checked before anything is built or
+    written: the newest that loads (newer unreadable ones are named in a warning and left on disk), whose saved
+    config matches ``cfg`` except for :data:`RESUMABLE_KEYS`. ``(None, None)`` when the folder has no checkpoint.
+
+    Raises:
+        CheckpointError: checkpoints exist but none can be read (each named).
+        ValueError: the saved config differs in keys a resume cannot change (every such key named with both
+            values), or the run already finished at ``solver.max_iter``.
+    """
+    checkpointer = Checkpointer(Path(cfg.output_dir) / "checkpoints")
+    path, state, broken = find_loadable_checkpoint(checkpointer)
+    warn_broken_checkpoints(broken, path)
+    if path is None:
+        return None, None
+    saved = state.get("config")
+    if isinstance(saved, dict):
+        try:
+            saved = to_dict(from_dict(Config, saved, source=f"{path} config"))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(path, f"its saved config cannot be read: {e}") from None
+        differences = config_differences(saved, to_dict(cfg), RESUMABLE_KEYS)
+        if differences:
+            raise ValueError(
+                f"{path}: cannot resume with this config, {len(differences)} key(s) differ from the run's: "
+                + "; ".join(differences)
+                + ". Set them back, or train into a new output_dir (nothing was written)"
+            )
+    check_resumable(path, state, cfg.solver.max_iter)
+    return path, state
+
+
+def check_ranks_resume_alike(path: Optional[Path], state: Optional[dict[str, Any]]) -> None:
+    """Every rank chose its resume checkpoint alone (before the process group existed); they must agree.
+
+    A rank that saw another file (a run folder not shared alike, a checkpoint written while another rank looked)
+    would resume at another iteration and then hang in a collective or diverge silently.
+
+    Raises:
+        ValueError: the ranks' choices differ; the message lists each rank's checkpoint.
+    """
+    # the file name and iteration, not the path: nodes may mount the run folder at different places
+    choice = (path.name if path is not None else None, None if state is None else int(state["iteration"]))
+    choices = du.all_gather_object(choice)
+    if any(c != choices[0] for c in choices):
+        listed = "; ".join(f"rank {r}: {c[0] or 'fresh start'}" for r, c in enumerate(choices))
+        raise ValueError(f"the ranks would resume from different checkpoints ({listed}); the run folder must be one "
+                         "folder every rank sees alike")
 
 
 def train(cfg: Config, *, resume: bool = False, hooks: Sequence[HookBase] = ()) -> dict[str, Any]:
@@ -221,6 +304,8 @@ def train(cfg: Config, *, resume: bool = False, hooks: Sequence[HookBase] = ()) 
     Args:
         cfg: a frozen :class:`relground.config.Config`.
         resume: continue from the newest checkpoint in ``cfg.output_dir`` (starts fresh when there is none).
+            Implied when torchrun restarted the process group (``TORCHELASTIC_RESTART_COUNT`` > 0, after a worker
+            died with ``--max-restarts``): the group continues the run it was running, from its last checkpoint.
         hooks: extra hooks (e.g. periodic evaluation), run after the default ones.
 
     Returns:
@@ -232,20 +317,22 @@ def train(cfg: Config, *, resume: bool = False, hooks: Sequence[HookBase] = ()) 
         FileNotFoundError: a data file is missing (named).
         FloatingPointError: a loss became NaN/inf (the last good checkpoint is kept and named).
     """
+    # torchrun --max-restarts restarted the group after a worker died: continue from the last checkpoint
+    resume = resume or du.restarted_by_torchrun()
     output_dir = Path(cfg.output_dir)
     config_path = output_dir / "config.yaml"
     if not resume and Checkpointer(output_dir / "checkpoints").latest() is not None:
         raise ValueError(f"output_dir {output_dir} already holds checkpoints; resume it (--resume) or choose another folder")
+    # Checked before anything is built or written: a resume that cannot work leaves the run folder as it was.
+    resume_path, resume_state = load_resume_checkpoint(cfg) if resume else (None, None)
     device = resolve_device(cfg.train.device)
     with intra_op_threads(cfg.train.threads if device.type == "cpu" else 0):
         du.init_distributed(device)
         try:
+            check_ranks_resume_alike(resume_path, resume_state)
             seed_all(cfg.seed)  # identical initial weights on every rank
             train_loader, model_args = build_train_loader(cfg)
             model = build_model(cfg, model_args)
-            if du.is_main_process():
-                output_dir.mkdir(parents=True, exist_ok=True)
-                save_config(cfg, config_path)
             trainer = Trainer(
                 model,
                 train_loader,
@@ -257,7 +344,12 @@ def train(cfg: Config, *, resume: bool = False, hooks: Sequence[HookBase] = ()) 
                 checkpoint_extra={"config": to_dict(cfg), "model_args": model_args},
             )
             trainer.register_hooks(hooks)
-            trainer.resume_or_load(resume=resume)
+            if resume_state is not None:
+                trainer.resume_from(resume_path, resume_state)
+                resume_state = None  # the trainer holds its copy; free the checkpoint's tensors
+            if du.is_main_process():  # only now: the resume (if any) worked
+                output_dir.mkdir(parents=True, exist_ok=True)
+                save_config(cfg, config_path)
             result = trainer.train()
             result["config"] = str(config_path)
             return result

@@ -8,6 +8,11 @@ One process per device, launched by ``torchrun`` (which sets ``RANK``, ``WORLD_S
 Example::
 
     torchrun --nproc_per_node 4 -m relground.cli.main train --config configs/flickr30k_reir.yaml
+    torchrun --nnodes 2 --nproc_per_node 4 --max-restarts 3 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \
+        --rdzv-id RUN -m relground.cli.main train --config configs/flickr30k_reir.yaml   # on each node
+
+What makes N processes train the model of one (global losses, negatives and BatchNorm statistics) and how a
+restarted group resumes: docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -38,6 +43,11 @@ def get_world_size() -> int:
 def get_local_rank() -> int:
     """Index of this process's device on its node (``LOCAL_RANK`` from torchrun, else 0)."""
     return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def restarted_by_torchrun() -> bool:
+    """True in a process group that torchrun restarted (``--max-restarts``) after a worker failed."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
 def is_main_process() -> bool:
@@ -85,12 +95,23 @@ def init_distributed(
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    timeout = timedelta(seconds=timeout_s)
+    if init_method is None and restarted_by_torchrun():
+        # A restarted group may meet in the store of the failed one (torchrun's agent store outlives the round):
+        # a rank could read a dead peer's address before its new peer overwrites it, and Gloo's connect fails.
+        # Keys under a per-attempt prefix are never stale.
+        store, rank, world_size = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
+        store = dist.PrefixStore(f"relground/attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
+        dist.init_process_group(
+            backend=default_backend(device), store=store, rank=rank, world_size=world_size, timeout=timeout
+        )
+        return True
     dist.init_process_group(
         backend=default_backend(device),
         init_method=init_method or "env://",
         rank=rank,
         world_size=world_size,
-        timeout=timedelta(seconds=timeout_s),
+        timeout=timeout,
     )
     return True
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import signal
 import threading
 import time
@@ -177,10 +178,35 @@ class MetricsWriter(HookBase):
     def _truncate_csv(self, start_iter: int) -> None:
         if not self.csv_path.is_file():
             return
-        with open(self.csv_path, newline="") as f:
-            reader = csv.DictReader(f)
-            columns = list(reader.fieldnames or [])
-            rows = [r for r in reader if int(r["iteration"]) <= start_iter]
+        rows, dropped = [], []
+        try:
+            with open(self.csv_path, newline="", encoding="utf-8", errors="replace") as f:
+                reader = csv.DictReader(f)
+                columns = list(reader.fieldnames or [])
+                for r in reader:
+                    try:
+                        if None in r:  # more fields than the header
+                            raise ValueError("extra fields")
+                        keep = int(r.get("iteration") or "") <= start_iter
+                    except ValueError:  # a damaged row (e.g. a write cut by a crash): a log line, not state
+                        dropped.append(reader.line_num)
+                        continue
+                    if keep:
+                        rows.append(r)
+        except csv.Error as e:
+            reason = f"damaged ({e})"
+        else:
+            if not columns:
+                return  # empty file: _append_csv writes the header
+            reason = None if "iteration" in columns else f"no 'iteration' column in its header {columns[:5]}"
+        if reason is not None:  # not a log this code can read: keep it aside, start a new one
+            aside = self.csv_path.with_name(self.csv_path.name + ".damaged")
+            os.replace(self.csv_path, aside)
+            warnings.warn(f"{self.csv_path}: {reason}; moved to {aside}, starting a new log", RuntimeWarning, stacklevel=2)
+            return
+        if dropped:
+            warnings.warn(f"{self.csv_path}: dropped {len(dropped)} unreadable row(s) (line(s) {dropped[:5]}) while "
+                          "resuming", RuntimeWarning, stacklevel=2)
         with open(self.csv_path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()

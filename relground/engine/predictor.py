@@ -21,7 +21,7 @@ import torch
 from relground.config import Config, load_config
 from relground.data.dataset import load_annotations
 from relground.engine.checkpoint import Checkpointer, load_checkpoint
-from relground.engine.defaults import build_loader, build_model, model_from_checkpoint
+from relground.engine.defaults import build_loader, build_model, load_model_weights, model_from_checkpoint
 from relground.evaluation.evaluator import load_twins
 from relground.evaluation.inference import evaluate_model
 from relground.structures.records import ImageAnnotation
@@ -73,15 +73,16 @@ class TrainedModel:
             FileNotFoundError: no checkpoint there.
             ValueError: not a relground checkpoint, or one without ``config`` / ``model_args``.
         """
-        state = load_checkpoint(resolve_checkpoint(checkpoint), map_location="cpu")
+        path = resolve_checkpoint(checkpoint)
+        state = load_checkpoint(path, map_location="cpu")  # CheckpointError (ValueError) naming a damaged file
         if config is None:
-            model, cfg, model_args = model_from_checkpoint(state, overrides)
+            model, cfg, model_args = model_from_checkpoint(state, overrides, source=str(path))
         else:
             if "model_args" not in state:
                 raise ValueError(f"{checkpoint}: checkpoint has no 'model_args' entry (was it written by train?)")
             cfg, model_args = load_config(config, overrides), state["model_args"]
             model = build_model(cfg, model_args)
-            model.load_state_dict(state["model"])
+            load_model_weights(model, state, cfg, source=str(path))
         return cls(model, cfg, model_args, device)
 
     def annotations(self, split: str) -> list[ImageAnnotation]:

@@ -77,7 +77,30 @@ def build_optimizer(cfg: SolverConfig, model: nn.Module) -> Optimizer:
     if not params:
         raise ValueError("model: no trainable parameter (requires_grad) to optimise")
     fused = _fused_supported(params)
-    return SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum, fused=fused or None, foreach=None if fused else True)
+    optimizer = SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum, fused=fused or None, foreach=None if fused else True)
+    ensure_momentum_buffers(optimizer)
+    return optimizer
+
+
+def ensure_momentum_buffers(optimizer: Optimizer) -> None:
+    """Give every parameter of a momentum SGD a zero momentum buffer where it has none yet.
+
+    torch's fused SGD treats a step as "first" only when *no* parameter has a buffer; a parameter whose first
+    gradient arrives later (the stage-2 heads before ``refine_start_iteration``) then reaches the kernel with a
+    ``None`` buffer and the step raises ``TypeError``. With ``dampening == 0`` a zero buffer gives the same first
+    update as torch's own initialisation, bit for bit (``buf = momentum * 0 + g = g``). Call it after building
+    the optimizer and after ``optimizer.load_state_dict`` (a checkpoint may hold buffers for some parameters only).
+    """
+    for group in optimizer.param_groups:
+        if not group.get("momentum"):
+            continue
+        if group.get("dampening", 0) != 0:
+            # buf = momentum * 0 + (1 - dampening) * g would differ from torch's first update (buf = g).
+            raise ValueError(f"solver: a zero momentum buffer needs dampening 0, got {group['dampening']}")
+        for param in group["params"]:
+            state = optimizer.state[param]
+            if state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
 
 def build_lr_scheduler(cfg: SolverConfig, optimizer: Optimizer) -> LRScheduler:

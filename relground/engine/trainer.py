@@ -9,15 +9,21 @@ Public API (``train(cfg)``, which builds the model and data from a ``Config`` an
     result = trainer.train()
 
 Model protocol: ``model(batch, iteration=it)`` returns an object with ``total_loss`` (scalar Tensor) and
-``losses`` (``dict[str, Tensor]`` of scalar, unweighted components, for logging). A batch is anything the
+``losses`` (``dict[str, Tensor]`` of scalar, unweighted components, for logging); with ``train.compile`` it also
+has ``compile_step()``, which makes later calls run through ``torch.compile``. A batch is anything the
 data loader yields; it is moved with ``batch.to(device)`` when it has that method, and counted with
 ``batch.batch_size`` (else ``len(batch)``).
 
 One iteration = one optimizer step over ``train.accumulation_steps`` micro-batches, so the effective batch
-is per-process batch x world size x accumulation steps (``solver.ims_per_batch``). Everything that makes a
+is per-process batch x world size x accumulation steps (``solver.ims_per_batch``). More processes give ReIR the
+model of a larger batch; more micro-batches do not quite (batch statistics and loss means per micro-batch, see
+docs/distributed.md). Everything that makes a
 resumed run identical to an uninterrupted one lives in the checkpoint: model, optimizer, lr scheduler,
 GradScaler, every rank's python/numpy/torch(/cuda) RNG state, the data position (sampler epoch + batches
 consumed in it) and hook states.
+
+Over 400 lines because the step (with its cross-rank loss guard) and the exact-resume state it must agree with
+are kept in one file.
 """
 from __future__ import annotations
 
@@ -36,9 +42,12 @@ from torch.nn.parallel import DistributedDataParallel
 from relground.config.solver import SolverConfig
 from relground.config.train import TrainConfig
 from relground.engine import distributed as du
-from relground.engine.checkpoint import Checkpointer, capture_rng_state, load_checkpoint, restore_rng_state
+from relground.engine.checkpoint import (
+    FINAL_NAME, CheckpointError, Checkpointer, capture_rng_state, check_resumable, find_loadable_checkpoint,
+    load_checkpoint, restore_rng_state, warn_broken_checkpoints,
+)
 from relground.engine.hooks import HookBase, MetricsWriter, PeriodicCheckpointer, ProgressBar, SignalHandler
-from relground.engine.solver import build_lr_scheduler, build_optimizer, per_process_batch_size
+from relground.engine.solver import build_lr_scheduler, build_optimizer, ensure_momentum_buffers, per_process_batch_size
 from relground.engine.stream import DataStream
 from relground.utils.env import resolve_amp_dtype, resolve_device, seed_all
 
@@ -94,12 +103,18 @@ class Trainer:
             seed_all(seed + self.rank)
 
         model.to(self.device)
+        if cfg.compile:
+            # the model compiles its own step (host-side preparation stays eager; its parameters keep their names)
+            if not hasattr(model, "compile_step"):
+                raise ValueError(f"train.compile needs a model with compile_step(); {type(model).__name__} has none")
+            model.compile_step()
         self.optimizer = build_optimizer(solver, model)
         self.scheduler = build_lr_scheduler(solver, self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         if du.is_distributed():
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            # broadcast_buffers=False: BatchNorm statistics stay per process, as in detectron2
+            # broadcast_buffers=False: nothing to broadcast, the head BatchNorms' running statistics are computed
+            # from the global batch on every process (relground.model.layers.masked_batch_norm)
             model = DistributedDataParallel(
                 model,
                 device_ids=device_ids,
@@ -119,6 +134,7 @@ class Trainer:
         self.status: Literal["created", "running", "finished", "interrupted", "failed"] = "created"
         self.step_metrics: dict[str, float] = {}
         self.last_checkpoint: Optional[Path] = None
+        self._final_iteration_to_keep: Optional[int] = None  # iteration of the finished run's final file being extended
         self._stop_signal: Optional[int] = None
         self._batch_size_checked = False
         self._hooks: list[HookBase] = []
@@ -205,9 +221,7 @@ class Trainer:
         start = time.perf_counter()
         data_time = 0.0
         images = 0
-        totals = [0.0]  # [total_loss, *components], averaged over micro-batches
-        names: list[str] = []
-        stop = False
+        scalars: list[dict[str, torch.Tensor]] = []  # per micro-batch: total_loss and components, detached
         self.optimizer.zero_grad(set_to_none=True)
         for micro in range(accumulation):
             tick = time.perf_counter()
@@ -222,14 +236,15 @@ class Trainer:
             with sync:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                     output = self.model(batch, iteration=self.iter)
-                names = list(output.losses)
-                scalars = [output.total_loss] + [output.losses[n] for n in names]
-                values = torch.stack([v.detach().reshape(()).double() for v in scalars]).tolist()  # one host sync
-                stop = self._guard(values, names) or stop
+                losses = {"total_loss": output.total_loss, **output.losses}
+                scalars.append({n: v.detach().reshape(()).double() for n, v in losses.items()})
+                # a non-finite loss is caught below, before the optimizer step (its gradients are never applied)
                 self.scaler.scale(output.total_loss / accumulation).backward()
-            if len(totals) != len(values):
-                totals = [0.0] * len(values)
-            totals = [t + v / accumulation for t, v in zip(totals, values)]
+        # every loss any micro-batch reported (a term may be absent from one, e.g. no relation in it: 0 there)
+        names = [n for n in dict.fromkeys(n for step in scalars for n in step) if n != "total_loss"]
+        zero = scalars[-1]["total_loss"].new_zeros(())
+        values = torch.stack([torch.stack([s.get(n, zero) for n in ["total_loss", *names]]) for s in scalars])
+        stop, totals = self._guard(values, names)  # the step's one host sync (and all-reduce)
 
         lr = self.optimizer.param_groups[0]["lr"]  # the lr this step uses
         if self.solver.clip_grad_norm is not None:
@@ -249,30 +264,55 @@ class Trainer:
         }
         return stop
 
-    def _guard(self, values: list[float], names: list[str]) -> bool:
-        """NaN/inf (and ``max_loss``) guard on the losses, agreed over ranks with the stop flag. Returns the stop flag."""
-        # name a component before the total: it says where the NaN came from
-        named = list(zip(names, values[1:])) + [("total_loss", values[0])]
+    def _guard(self, values: torch.Tensor, names: list[str]) -> tuple[bool, list[float]]:
+        """NaN/inf (and ``max_loss``) guard on a step's losses, agreed over ranks together with the stop flag.
+
+        Args:
+            values (Tensor[A, 1 + T]): each micro-batch's ``[total_loss, *components]`` (float64, on the device).
+            names: the T component names.
+
+        Returns:
+            ``(stop, totals)``: True when a stop was requested on any rank; the step's ``[total, *components]``
+            averaged over micro-batches (this rank's, for logging).
+
+        Raises:
+            FloatingPointError: naming the non-finite (or too large) loss and the iteration.
+        """
+        # One small all-reduce and one host sync a step: the flags travel with the values logging reads.
         limit = self.cfg.max_loss
-        local_bad = next(((n, v) for n, v in named if not math.isfinite(v)), None)
-        if local_bad is None and limit is not None:
-            local_bad = next(((n, v) for n, v in named if abs(v) > limit), None)
-        flags = [float(local_bad is not None), float(self._stop_signal is not None)]
+        bad = ~torch.isfinite(values)
+        if limit is not None:
+            bad |= values.abs() > limit
+        bad_here = bad.any(0).double()  # [1 + T]: per loss, on this rank
+        flags = torch.cat((bad_here, bad_here.new_tensor([float(self._stop_signal is not None)])))
         if du.is_distributed():
-            flags = du.all_reduce_sum(torch.tensor(flags, dtype=torch.float64, device=self.device)).tolist()
-        if flags[0] > 0:
-            if local_bad is None:
+            flags = du.all_reduce_sum(flags)  # [1 + T + 1]: per loss on any rank, then the stop flag
+        accumulation = values.shape[0]
+        host = torch.cat((flags, bad_here, values.sum(0) / accumulation, values.flatten())).tolist()
+        width = values.shape[1]
+        flags, bad_here = host[: width + 1], host[width + 1 : 2 * width + 1]
+        totals, local = host[2 * width + 1 : 3 * width + 1], host[3 * width + 1 :]
+        if any(f > 0 for f in flags[:width]):
+            # name a component before the total: it says where the NaN came from
+            order = list(range(1, width)) + [0]
+            labels = ["total_loss"] + names
+            column = next((c for c in order if bad_here[c] > 0), None)
+            if column is None:
                 where = "a loss is NaN/inf or above train.max_loss on another rank"
-            elif math.isfinite(local_bad[1]):
-                where = f"loss '{local_bad[0]}' is {local_bad[1]:.3g}, above train.max_loss={limit:g}"
             else:
-                where = f"loss '{local_bad[0]}' is {local_bad[1]}"
+                value = next(
+                    v for v in local[column::width] if not math.isfinite(v) or (limit is not None and abs(v) > limit)
+                )
+                if math.isfinite(value):
+                    where = f"loss '{labels[column]}' is {value:.3g}, above train.max_loss={limit:g}"
+                else:
+                    where = f"loss '{labels[column]}' is {value}"
             good = self.checkpointer.latest() if self.checkpointer else None
             raise FloatingPointError(
                 f"{where} at iteration {self.iter}; training stopped before the optimizer step. "
                 + (f"The last good checkpoint is {good} (nothing newer was written)." if good else "No checkpoint was written.")
             )
-        return flags[1] > 0
+        return flags[width] > 0, totals
 
     def _check_batch_size(self, size: int) -> int:
         """The first batch must hold ``solver.ims_per_batch / (world size x accumulation steps)`` items (when set)."""
@@ -310,6 +350,7 @@ class Trainer:
         """Restore a :meth:`state_dict` (on every rank)."""
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        ensure_momentum_buffers(self.optimizer)  # a checkpoint may predate a parameter's first gradient
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.data.load_state_dict(state["data"])
@@ -328,29 +369,49 @@ class Trainer:
         self.start_iter = self.iteration = int(state["iteration"])
 
     def save_checkpoint(self, final: bool = False) -> Optional[Path]:
-        """Write a checkpoint of the current state (collective; rank 0 writes). Returns its path on rank 0."""
+        """Write a checkpoint of the current state (collective; rank 0 writes). Returns its path on rank 0.
+        A run extending a finished one keeps the former ``model_final.pth`` (``Checkpointer.save``'s ``keep_final_of``)."""
         if self.checkpointer is None:
             return None
         state = self.state_dict()
         if state is not None:
-            self.last_checkpoint = self.checkpointer.save(state, self.iteration, final=final)
+            self.last_checkpoint = self.checkpointer.save(state, self.iteration, final, keep_final_of=self._final_iteration_to_keep)
+        self._final_iteration_to_keep = None
         du.barrier()  # no rank runs ahead while rank 0 writes (a later failure must not outrun the file)
         return self.last_checkpoint
 
     def resume_or_load(self, resume: bool = True, weights: Optional[str | Path] = None) -> int:
-        """Resume from the newest checkpoint in ``<output_dir>/checkpoints`` (when ``resume``), else load ``weights``.
-
-        Args:
-            resume: continue the run exactly (model, optimizer, scheduler, scaler, RNG, data position).
-            weights: a checkpoint whose model weights initialise a fresh run (ignored when resuming).
+        """Resume from the newest checkpoint in ``<output_dir>/checkpoints`` that loads (when ``resume``; newer
+        unreadable ones are named in a warning and left on disk), else load ``weights``' model. Writes nothing.
 
         Returns:
             The iteration training will start from.
+
+        Raises:
+            CheckpointError: checkpoints exist but none loads, or the one found does not fit (named).
+            ValueError: the run already finished at ``solver.max_iter``.
         """
-        latest = self.checkpointer.latest() if (resume and self.checkpointer) else None
-        if latest is not None:
-            self.load_state_dict(load_checkpoint(latest, map_location="cpu"))
-            self.last_checkpoint = latest
-        elif weights is not None:
-            unwrap(self.model).load_state_dict(load_checkpoint(weights, map_location="cpu")["model"])
+        if resume and self.checkpointer is not None:
+            path, state, broken = find_loadable_checkpoint(self.checkpointer)
+            warn_broken_checkpoints(broken, path)
+            return self.resume_from(path, state) if path is not None else self.start_iter
+        if weights is not None:
+            state = load_checkpoint(weights, map_location="cpu")
+            try:
+                unwrap(self.model).load_state_dict(state["model"])
+            except RuntimeError as e:
+                raise CheckpointError(weights, f"its weights do not fit this model: {str(e).splitlines()[0]}") from None
+        return self.start_iter
+
+    def resume_from(self, path: str | Path, state: dict[str, Any]) -> int:
+        """Restore ``state`` (loaded from ``path``); a finished run is extended only when ``solver.max_iter`` is
+        above its iteration (``check_resumable``). Raises ``CheckpointError`` naming ``path`` when it does not fit."""
+        path = Path(path)
+        iteration = check_resumable(path, state, self.max_iter)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
+            raise CheckpointError(path, f"cannot resume this run from it ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        self.last_checkpoint = path
+        self._final_iteration_to_keep = iteration if path.name == FINAL_NAME else None
         return self.start_iter

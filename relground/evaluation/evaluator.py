@@ -19,7 +19,6 @@ evaluated phrase without a prediction counts as a miss (IoU 0, no point hit) and
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,7 +51,12 @@ class EvalPhrase:
 
 
 def phrase_key(image_id: str, sentence_index: int, first_word_index: int) -> PhraseKey:
-    """The canonical prediction key (types normalised so JSON and batch metadata compare equal)."""
+    """The canonical prediction key (types normalised so JSON and batch metadata compare equal).
+
+    Example:
+        >>> phrase_key(1000092795, "0", 3)
+        ('1000092795', 0, 3)
+    """
     return (str(image_id), int(sentence_index), int(first_word_index))
 
 
@@ -65,8 +69,20 @@ def evaluation_phrases(
         annotations: images of one split (any reader in ``relground.data``).
         twins: optional ``key -> has an identical twin`` flags; keys absent from it get ``None``.
 
+    Returns:
+        list[EvalPhrase]: one per grounded phrase (``union_box`` set); phrases without a box are not evaluated.
+
     Raises:
         ValueError: two evaluated phrases share a key (the key would be ambiguous).
+
+    Example:
+        >>> from relground.structures import ImageAnnotation, PhraseAnnotation, SentenceAnnotation
+        >>> man = PhraseAnnotation(0, "A man", "1", ("people",), (0.0, 0.0, 10.0, 10.0))
+        >>> ball = PhraseAnnotation(3, "a ball", "2", ("other",), None)       # no box: not evaluated
+        >>> words = "A man throws a ball .".split()
+        >>> image = ImageAnnotation("1", 20, 20, [SentenceAnnotation(0, " ".join(words), words, [man, ball])])
+        >>> evaluation_phrases([image])
+        [EvalPhrase(key=('1', 0, 0), gt_box=(0.0, 0.0, 10.0, 10.0), phrase_type='people', has_twin=None)]
     """
     phrases: list[EvalPhrase] = []
     seen: set[PhraseKey] = set()
@@ -86,7 +102,12 @@ def evaluation_phrases(
 
 
 def paired_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """IoU of corresponding boxes: Tensor[N, 4] x Tensor[N, 4] -> Tensor[N] (zero-area pairs get 0)."""
+    """IoU of corresponding boxes: Tensor[N, 4] x Tensor[N, 4] -> Tensor[N] (zero-area pairs get 0).
+
+    Example:
+        >>> paired_iou(torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10]]), torch.tensor([[0.0, 0, 10, 5], [20, 20, 30, 30]]))
+        tensor([0.5000, 0.0000])
+    """
     # box_iou is batched [B, N, 4] x [B, M, 4]; one pair per batch item gives the diagonal only.
     return box_iou(boxes1[:, None, :], boxes2[:, None, :])[:, 0, 0]
 
@@ -100,6 +121,10 @@ def point_hits(pred_boxes: Tensor, gt_boxes: Tensor) -> Tensor:
 
     Returns:
         Tensor[N] bool.
+
+    Example:
+        >>> point_hits(torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10]]), torch.tensor([[0.0, 0, 10, 5], [20, 20, 30, 30]]))
+        tensor([ True, False])
     """
     cx = (pred_boxes[:, 0] + pred_boxes[:, 2]) / 2
     cy = (pred_boxes[:, 1] + pred_boxes[:, 3]) / 2
@@ -195,6 +220,11 @@ def proposal_upper_bound(
     Returns:
         dict with ``upper_bound`` (fraction), ``count``, ``top_m`` and ``images_without_proposals``
         (images of evaluated phrases missing from ``proposals``; their phrases count as misses).
+
+    Example:
+        >>> phrases = [EvalPhrase(("1", 0, 0), (0.0, 0.0, 10.0, 10.0), "people")]
+        >>> proposal_upper_bound(phrases, {"1": torch.tensor([[0.0, 0, 9, 9], [10.0, 10, 20, 20]])}, top_m=1)
+        {'upper_bound': 1.0, 'count': 1, 'top_m': 1, 'images_without_proposals': 0}
     """
     by_image: dict[str, list[int]] = defaultdict(list)
     for i, phrase in enumerate(phrases):
@@ -237,6 +267,19 @@ def evaluate_predictions(
         top_m: proposals per image counted by the upper bound (``None`` = all).
         twins: optional ``key -> has an identical twin`` flags (adds ``twin`` / ``no_twin`` groups).
         iou_thresholds: thresholds of ``acc_at_iou``.
+
+    Returns:
+        dict: :func:`grounding_metrics`' keys, plus ``upper_bound``, ``upper_bound_top_m`` and
+        ``images_without_proposals`` when ``proposals`` is given.
+
+    Example:
+        >>> from relground.structures import ImageAnnotation, PhraseAnnotation, SentenceAnnotation
+        >>> man = PhraseAnnotation(0, "A man", "1", ("people",), (0.0, 0.0, 10.0, 10.0))
+        >>> image = ImageAnnotation("1", 20, 20, [SentenceAnnotation(0, "A man runs", ["A", "man", "runs"], [man])])
+        >>> metrics = evaluate_predictions([image], {("1", 0, 0): [0.0, 0.0, 10.0, 5.0]},
+        ...                                proposals={"1": torch.tensor([[0.0, 0, 9, 9]])})
+        >>> metrics["accuracy"], metrics["mean_iou"], metrics["upper_bound"]
+        (1.0, 0.5, 1.0)
     """
     phrases = evaluation_phrases(annotations, twins)
     metrics = grounding_metrics(phrases, predictions, iou_thresholds=iou_thresholds)
@@ -286,63 +329,6 @@ def load_twins(root, annotations: Iterable[ImageAnnotation]) -> Optional[dict[Ph
                     key = phrase_key(image.image_id, sentence.sentence_index, phrase.first_word_index)
                     twins[key] = phrase.phrase_id in chains
     return twins
-
-
-def load_predictions(path) -> dict[PhraseKey, list[float]]:
-    """Read a predictions JSON file: a list of ``{"image_id", "sentence_index", "first_word_index", "box"}``.
-
-    Args:
-        path: the file; ``box`` is ``[x1, y1, x2, y2]`` in original pixels (0-based, no +1).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: not JSON, not a list, or an entry with a missing / mistyped field or a repeated key;
-            the message names the file, the entry index and the field.
-    """
-    with open(path, encoding="utf-8") as f:  # FileNotFoundError names the file
-        try:
-            entries = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a JSON list of predictions, got {type(entries).__name__}")
-    predictions: dict[PhraseKey, list[float]] = {}
-    for i, entry in enumerate(entries):
-        where = f"{path}: entry {i}"
-        if not isinstance(entry, dict):
-            raise ValueError(f"{where}: expected an object, got {type(entry).__name__}")
-        for field_name, kind in (("image_id", (str, int)), ("sentence_index", int), ("first_word_index", int)):
-            if field_name not in entry:
-                raise ValueError(f"{where}: missing field '{field_name}'")
-            value = entry[field_name]
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise ValueError(f"{where}: field '{field_name}' has invalid value {value!r}")
-        box = entry.get("box")
-        if box is None:
-            raise ValueError(f"{where}: missing field 'box'")
-        if (
-            not isinstance(box, list)
-            or len(box) != 4
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)
-        ):
-            raise ValueError(f"{where}: field 'box' must be [x1, y1, x2, y2] finite numbers, got {box!r}")
-        if box[2] < box[0] or box[3] < box[1]:
-            raise ValueError(f"{where}: field 'box' has x2 < x1 or y2 < y1: {box!r}")
-        key = phrase_key(entry["image_id"], entry["sentence_index"], entry["first_word_index"])
-        if key in predictions:
-            raise ValueError(f"{where}: duplicate prediction for {key}")
-        predictions[key] = [float(v) for v in box]
-    return predictions
-
-
-def save_predictions(predictions: Mapping[PhraseKey, Sequence[float]], path) -> None:
-    """Write predictions in the ``load_predictions`` format."""
-    entries = [
-        {"image_id": k[0], "sentence_index": k[1], "first_word_index": k[2], "box": [float(v) for v in box]}
-        for k, box in predictions.items()
-    ]
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(entries, f)
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:

@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from relground.evaluation.evaluator import (
     STAGES,
@@ -60,7 +61,6 @@ def predict(model: torch.nn.Module, loader: Iterable, *, progress: bool = False)
 
 def _collect(model, loader, device, stage_fields, boxes, proposals, progress: bool) -> None:
     """The loop of :func:`predict`: fills ``boxes`` and ``proposals`` in place."""
-    from tqdm import tqdm
 
     for batch in tqdm(loader, desc="evaluate", disable=not progress):
         output = model(batch.to(device), None)  # iteration None = evaluation: refined boxes, no schedules

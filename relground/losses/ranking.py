@@ -1,12 +1,18 @@
 """Image-caption ranking loss (the paper's Suppl., after Align2Ground): softmax-normalised similarities,
-hardest negative, margin 0.2, both directions; and a contrastive (InfoNCE) alternative."""
+hardest negative, margin 0.2, both directions; and a contrastive (InfoNCE) alternative.
+
+Under data parallelism :func:`global_ranking_loss` builds the similarity over the global batch (embeddings
+all-gathered with gradients), so the loss does not depend on the number of processes (docs/distributed.md)."""
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -20,6 +26,12 @@ class RankingEmbedding(nn.Module):
         visual_dim: width of the pooled visual vectors (d).
         text_dim: width of the sentence feature (d).
         embed_dim: D. Authors: 512.
+
+    Example:
+        >>> embedding = RankingEmbedding(visual_dim=8, text_dim=6, embed_dim=4)
+        >>> pooled, valid, sentence = torch.randn(3, 2, 8), torch.ones(3, 2, dtype=torch.bool), torch.randn(3, 6)
+        >>> embedding(pooled, valid, sentence).shape  # S: [B images, B captions], float32
+        torch.Size([3, 3])
     """
 
     def __init__(self, visual_dim: int, text_dim: int, embed_dim: int = 512):
@@ -38,9 +50,14 @@ class RankingEmbedding(nn.Module):
         Returns:
             Tensor[B, B]: S[i, j] = similarity of image i and caption j.
         """
+        image, text = self.embed(pooled, phrase_valid, sentence)
+        return image @ text.T * self.scale
+
+    def embed(self, pooled: Tensor, phrase_valid: Tensor, sentence: Tensor) -> tuple[Tensor, Tensor]:
+        """MLP_v(image vector) [B, D] and MLP_s(sentence vector) [B, D] (arguments as :meth:`forward`)."""
         weights = phrase_valid.to(pooled.dtype)
         image = (pooled * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp(min=1)  # [B, d]
-        return self.visual(image) @ self.text(sentence).T * self.scale
+        return self.visual(image), self.text(sentence)
 
 
 def ranking_loss(similarity: Tensor, margin: float = 0.2, negative_mask: Optional[Tensor] = None) -> Tensor:
@@ -58,6 +75,12 @@ def ranking_loss(similarity: Tensor, margin: float = 0.2, negative_mask: Optiona
 
     Returns:
         Tensor[]: the loss; 0 when no pair has a negative.
+
+    Example:
+        >>> ranking_loss(torch.eye(3) * 2.0)  # matching pairs already ahead by more than the margin
+        tensor(0.)
+        >>> ranking_loss(torch.zeros(3, 3))  # flat similarity: 2 directions x 3 rows x margin 0.2
+        tensor(1.2000)
     """
     B = similarity.shape[0]
     if similarity.shape != (B, B):
@@ -92,6 +115,12 @@ def contrastive_ranking_loss(similarity: Tensor, negative_mask: Optional[Tensor]
 
     Returns:
         Tensor[]: mean over rows of the two directions' cross-entropies, summed.
+
+    Example:
+        >>> contrastive_ranking_loss(torch.zeros(3, 3))  # flat similarity: 2 log 3
+        tensor(2.1972)
+        >>> contrastive_ranking_loss(torch.eye(3) * 2.0)
+        tensor(0.4791)
     """
     B = similarity.shape[0]
     if similarity.shape != (B, B):
@@ -102,3 +131,77 @@ def contrastive_ranking_loss(similarity: Tensor, negative_mask: Optional[Tensor]
         scores = scores.masked_fill(~keep, float("-inf"))
     target = torch.arange(B, device=similarity.device)
     return F.cross_entropy(scores, target) + F.cross_entropy(scores.T, target)
+
+
+def _all_gather_with_gradient(tensor: Tensor) -> list[Tensor]:
+    """Every process's ``tensor`` (same shape), rank order; the backward sums the gradients back to their owner."""
+    with warnings.catch_warnings():  # recent torch flags these autograd-aware collectives as deprecated (private successor)
+        warnings.filterwarnings("ignore", r"torch\.distributed\.nn\.functional", FutureWarning)
+        return list(dist_nn.all_gather(tensor))
+
+
+def _hinge_terms(probs: Tensor, positive: Tensor, negatives: Tensor, margin: float) -> Tensor:
+    """sum_i max_j ReLU(probs_ij - positive_i + margin) over the allowed j (0 when none): [b, B], [b], [b, B]."""
+    violation = torch.relu(probs - positive[:, None] + margin).masked_fill(~negatives, 0.0)
+    return violation.max(dim=1).values.sum()
+
+
+def global_ranking_loss(
+    image: Tensor,
+    text: Tensor,
+    scale: float,
+    image_keys: Optional[Tensor] = None,
+    form: str = "hinge",
+    margin: float = 0.2,
+) -> Tensor:
+    """This process's share of the ranking loss over the GLOBAL batch of a data-parallel step.
+
+    Every process gathers all image and caption embeddings (with gradients: the backward pass sends each
+    process the gradient of every other process's terms with respect to its own embeddings), computes the rows
+    of its own images against every caption (softmax over captions) and the columns of its own captions
+    against every image (softmax over images). The shares summed over processes are exactly
+    :func:`ranking_loss` (or :func:`contrastive_ranking_loss`) of the whole global batch; the value returned
+    is that share times the world size, so that DistributedDataParallel's gradient *average* gives the
+    gradient of the global loss, and the mean of the returned values over processes is the global loss.
+
+    Args:
+        image (Tensor[b, D]): MLP_v of this process's pairs (:meth:`RankingEmbedding.embed`).
+        text (Tensor[b, D]): MLP_s of this process's captions.
+        scale: 1 / sqrt(D).
+        image_keys (Tensor[b]): int64 key of each pair's image, equal for pairs of one image on any process
+            (other captions of the same image are not negatives); None = only the matching pair is excluded.
+        form: ``hinge`` or ``contrastive``.
+        margin: hinge margin in probability units.
+
+    Returns:
+        Tensor[]: world size x (this process's rows + columns); every process must have the same b.
+    """
+    world, rank = dist.get_world_size(), dist.get_rank()
+    b = image.shape[0]
+    images = torch.cat(_all_gather_with_gradient(image))  # [B, D], B = world x b, rank order
+    texts = torch.cat(_all_gather_with_gradient(text))  # [B, D]
+    own = torch.arange(b, device=image.device) + rank * b  # global index of this process's pairs
+    if image_keys is None:
+        keys = torch.arange(world * b, device=image.device)  # every pair its own image
+        local_keys = own
+    else:
+        gathered = [torch.empty_like(image_keys) for _ in range(world)]
+        dist.all_gather(gathered, image_keys)
+        keys, local_keys = torch.cat(gathered), image_keys
+    negatives = local_keys[:, None] != keys[None, :]  # [b, B]: own pair i vs global j (same mask both ways)
+    negatives[torch.arange(b, device=image.device), own] = False
+    rows = upcast(image @ texts.T * scale)  # [b, B]: own images vs all captions
+    columns = upcast(images @ text.T * scale)  # [B, b]: all images vs own captions
+    if form == "contrastive":
+        keep = negatives.clone()
+        keep[torch.arange(b, device=image.device), own] = True
+        row_scores = rows.masked_fill(~keep, float("-inf"))
+        column_scores = columns.T.masked_fill(~keep, float("-inf"))  # [b, B]: own captions vs all images
+        share = F.cross_entropy(row_scores, own, reduction="sum") + F.cross_entropy(column_scores, own, reduction="sum")
+        return share * world / (world * b)  # mean over the global rows, times world (DDP averages)
+    row_probs = torch.softmax(rows, dim=1)  # image -> captions
+    column_probs = torch.softmax(columns, dim=0).T  # caption -> images, [b, B]
+    index = torch.arange(b, device=image.device)
+    share = _hinge_terms(row_probs, row_probs[index, own], negatives, margin)
+    share = share + _hinge_terms(column_probs, column_probs[index, own], negatives, margin)
+    return share * world

@@ -11,30 +11,49 @@ from relground.losses._dtype import upcast
 
 
 def phrase_target_lengths(targets: Tensor) -> Tensor:
-    """Number of words before the first 0 (end / padding) of each target row: [..., L] -> [...] long."""
+    """Number of words before the first 0 (end / padding) of each target row: [..., L] -> [...] long.
+
+    Example:
+        >>> phrase_target_lengths(torch.tensor([[5, 7, 0, 0], [3, 0, 0, 0]]))
+        tensor([2, 1])
+    """
     is_end = targets == 0
     has_end = is_end.any(-1)
     first_end = is_end.to(torch.int64).argmax(-1)
     return torch.where(has_end, first_end, torch.full_like(first_end, targets.shape[-1]))
 
 
+DECODER_RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
+
+
 class PhraseDecoder(nn.Module):
-    """GRU decoder: input sequence [z, emb(y_0), ..., emb(y_{L-2})], output t predicts y_t (0 = end).
+    """GRU (or LSTM) decoder: input sequence [z, emb(y_0), ..., emb(y_{L-2})], output t predicts y_t (0 = end).
 
     Args:
         phrase_vocab_size: phrase vocabulary size V_p (id 0 = end / padding).
         visual_dim: width of the pooled visual vector z (d).
         word_dim: decoder word-embedding width. Authors: 1024.
-        hidden_dim: GRU width. Authors: 1024.
+        hidden_dim: recurrent width. Authors: 1024.
+        rnn_type: ``gru`` (authors' code) or ``lstm`` (the paper's text, Sec. 3.4).
+
+    Example:
+        >>> decoder = PhraseDecoder(phrase_vocab_size=10, visual_dim=8, word_dim=16, hidden_dim=16)
+        >>> decoder(torch.randn(2, 8), torch.tensor([[4, 5, 0], [6, 0, 0]])).shape  # logits [N, L, V_p]
+        torch.Size([2, 3, 10])
     """
 
-    def __init__(self, phrase_vocab_size: int, visual_dim: int, word_dim: int = 1024, hidden_dim: int = 1024):
+    def __init__(
+        self, phrase_vocab_size: int, visual_dim: int, word_dim: int = 1024, hidden_dim: int = 1024,
+        rnn_type: str = "gru",
+    ):
         super().__init__()
         if phrase_vocab_size < 2:
             raise ValueError(f"phrase_vocab_size must be >= 2 (0 is the end token), got {phrase_vocab_size}")
+        if rnn_type not in DECODER_RNNS:
+            raise ValueError(f"rnn_type must be one of {tuple(DECODER_RNNS)}, got {rnn_type!r}")
         self.embedding = nn.Embedding(phrase_vocab_size, word_dim, padding_idx=0)
         self.visual = nn.Linear(visual_dim, word_dim)  # z enters as the first input "word"
-        self.rnn = nn.GRU(word_dim, hidden_dim, batch_first=True)
+        self.rnn = DECODER_RNNS[rnn_type](word_dim, hidden_dim, batch_first=True)
         self.classifier = nn.Linear(hidden_dim, phrase_vocab_size)
 
     def forward(self, visual: Tensor, targets: Tensor) -> Tensor:
@@ -62,6 +81,14 @@ def reconstruction_loss(decoder: PhraseDecoder, visual: Tensor, targets: Tensor,
 
     Returns:
         Tensor[]: the loss (0, still connected to ``visual``, when no phrase is valid).
+
+    Example:
+        >>> decoder = PhraseDecoder(phrase_vocab_size=10, visual_dim=8, word_dim=16, hidden_dim=16)
+        >>> visual = torch.randn(1, 2, 8, requires_grad=True)          # [B=1, P=2, d]
+        >>> targets = torch.tensor([[[4, 5, 0], [6, 0, 0]]])           # [B, P, L] int64, "w4 w5 <end>", "w6 <end>"
+        >>> loss = reconstruction_loss(decoder, visual, targets, torch.tensor([[True, True]]))
+        >>> loss.shape, loss.item() > 0
+        (torch.Size([]), True)
     """
     if targets.dim() != 3 or targets.shape[:2] != visual.shape[:2]:
         raise ValueError(
@@ -76,3 +103,25 @@ def reconstruction_loss(decoder: PhraseDecoder, visual: Tensor, targets: Tensor,
     # Tokens that count: the words and the first end token (when the row has room for one).
     counted = torch.arange(L, device=y.device)[None, :] <= phrase_target_lengths(y)[:, None]  # [N, L]
     return F.cross_entropy(upcast(logits[counted]), y[counted])
+
+
+def reconstruction_loss_static(decoder: PhraseDecoder, visual: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
+    """:func:`reconstruction_loss` without data-dependent shapes (``model.static_shapes``): every phrase row of the
+    padded batch is decoded and the tokens that count are masked, so nothing is read on the host. The same mean
+    over the same tokens (other summation order); 0 when no phrase is valid.
+
+    Args / Returns: as :func:`reconstruction_loss`.
+    """
+    if targets.dim() != 3 or targets.shape[:2] != visual.shape[:2]:
+        raise ValueError(
+            f"batch.phrase_targets must be [B, P, L] matching [B, P] = {tuple(visual.shape[:2])}, "
+            f"got {tuple(targets.shape)}"
+        )
+    B, P, L = targets.shape
+    z, y = visual.reshape(B * P, -1), targets.reshape(B * P, L)  # [N, d], [N, L]
+    logits = decoder(z, y)  # [N, L, V]
+    counted = torch.arange(L, device=y.device)[None, :] <= phrase_target_lengths(y)[:, None]  # [N, L]
+    counted = counted & valid.reshape(B * P, 1)
+    per_token = F.cross_entropy(upcast(logits).reshape(B * P * L, -1), y.reshape(-1), reduction="none")
+    weights = counted.reshape(-1).to(per_token.dtype)
+    return (per_token * weights).sum() / weights.sum().clamp(min=1)

@@ -42,6 +42,14 @@ def self_taught_regression_loss(
 
     Returns:
         Tensor[]: the loss.
+
+    Example:
+        >>> boxes = torch.tensor([[[0.0, 0, 10, 10], [1, 1, 10, 10], [50, 50, 60, 60]]])  # [B=1, M=3, 4]
+        >>> attention = torch.tensor([[[0.8, 0.1, 0.1]]])      # [B, P=1, M]: box 0 is the anchor
+        >>> deltas = torch.zeros(1, 1, 3, 4)                    # [B, P, M, 4]: no refinement predicted
+        >>> valid = torch.ones(1, 3, dtype=torch.bool)
+        >>> self_taught_regression_loss(deltas, boxes, attention, valid, relground.ops.self_taught_targets)
+        tensor(0.1465)
     """
     targets, selected, weight, _ = targets_fn(
         boxes.detach(), attention.detach(), iou_threshold, score_gap, weights, valid
@@ -49,8 +57,7 @@ def self_taught_regression_loss(
     if phrase_valid is not None:
         selected = selected & phrase_valid[..., None]
     count = selected.sum()
-    if count == 0:
-        return deltas.sum() * 0.0
     per_coord = F.smooth_l1_loss(upcast(deltas), upcast(targets), reduction="none", beta=1.0)  # [B, P, M, 4]
     weighted = per_coord * (upcast(weight) * selected)[..., None]
-    return weighted.sum() / (count * 4)
+    # No branch on the count (a host read): with nothing selected every weight is 0 and the loss is 0 / 1.
+    return weighted.sum() / (count * 4).clamp(min=1)

@@ -25,6 +25,10 @@ def relation_class_weights(counts: Sequence[float] | Tensor, weight_range: float
 
     Raises:
         ValueError: ``counts`` is not 1-D or has a negative entry.
+
+    Example:
+        >>> relation_class_weights([100, 400, 25])  # the rarest class weighs 10, the most frequent 1
+        tensor([ 4.,  1., 10.])
     """
     counts = torch.as_tensor(counts, dtype=torch.float64)
     if counts.dim() != 1 or (counts < 0).any():
@@ -54,6 +58,13 @@ class RelationClassifier(nn.Module):
             ``model.relation_geometry``); 0 = the paper's F_rel(z_i, z_j).
         form: the loss the logits are for, which decides how candidate pairs mix: ``bce`` (per-class sigmoid
             probabilities) or ``ce`` (softmax over the classes).
+
+    Example:
+        >>> classifier = RelationClassifier(hidden_dim=8, num_classes=3)
+        >>> pooled = torch.randn(1, 2, 8)                 # z^f: [B=1, P=2, d]
+        >>> relation_index = torch.tensor([[0, 0, 1]])    # item 0: phrase 0 -> phrase 1
+        >>> classifier(pooled, relation_index).shape      # logits [R, C_r]
+        torch.Size([1, 3])
     """
 
     def __init__(
@@ -135,6 +146,11 @@ def relation_loss(
 
     Returns:
         Tensor[]: the loss; 0 (connected to ``logits``) when no pair has a category.
+
+    Example:
+        >>> logits, labels = torch.tensor([[2.0, -2.0, 0.0]]), torch.tensor([[1.0, 0.0, 0.0]])  # [R=1, C_r=3]
+        >>> relation_loss(logits, labels), relation_loss(logits, labels, form="ce")
+        (tensor(0.3157), tensor(0.1429))
     """
     if logits.shape != labels.shape:
         raise ValueError(f"batch.relation_labels must be [R, C_r] = {tuple(logits.shape)}, got {tuple(labels.shape)}")
@@ -148,3 +164,27 @@ def relation_loss(
     if form == "ce":
         return F.cross_entropy(logits, targets / targets.sum(1, keepdim=True), weight=weight)
     return F.binary_cross_entropy_with_logits(logits, targets, weight=weight)
+
+
+def relation_loss_static(
+    logits: Tensor, labels: Tensor, class_weights: Optional[Tensor] = None, form: str = "bce"
+) -> Tensor:
+    """:func:`relation_loss` without a branch on the labels or a selection of rows (``model.static_shapes``):
+    the per-pair terms of every pair, masked to the labelled pairs; the same means (other summation order), 0
+    when no pair has a category.
+
+    Args / Returns: as :func:`relation_loss`.
+    """
+    if logits.shape != labels.shape:
+        raise ValueError(f"batch.relation_labels must be [R, C_r] = {tuple(logits.shape)}, got {tuple(labels.shape)}")
+    check_relation_form(form)
+    logits = upcast(logits)
+    targets = labels.to(logits.dtype)
+    label_sum = targets.sum(1, keepdim=True)  # [R, 1]
+    labelled = (label_sum > 0).to(logits.dtype)  # [R, 1]
+    weight = None if class_weights is None else class_weights.to(logits.dtype)
+    if form == "ce":
+        per_pair = F.cross_entropy(logits, targets / label_sum.clamp(min=1), weight=weight, reduction="none")  # [R]
+        return (per_pair * labelled[:, 0]).sum() / labelled.sum().clamp(min=1)
+    per_entry = F.binary_cross_entropy_with_logits(logits, targets, weight=weight, reduction="none")  # [R, C]
+    return (per_entry * labelled).sum() / (labelled.sum() * logits.shape[1]).clamp(min=1)

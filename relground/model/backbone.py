@@ -8,183 +8,77 @@ Two ways to turn C4 into box features (``ModelConfig.box_head``):
   C4 map once per image -> :func:`relground.ops.roi_align_avg` (fused RoIAlign + mean). No per-box layer4.
 
 Weights come from a local file in torchvision, detectron2, maskrcnn-benchmark or Detectron/Caffe naming
-(:func:`map_resnet_state_dict`). The images are normalised by the data layer (Caffe BGR mean or torchvision
-mean/std, matching the weights); the backbone needs to know nothing else.
+(:mod:`relground.model.resnet_weights`). The images are normalised by the data layer (Caffe BGR mean or
+torchvision mean/std, matching the weights); the backbone needs to know nothing else.
 
-Over 400 lines because the weight mapping, the feature cache and the RoI pooling of the frozen ResNet are
-kept beside it (to be split by the training-step work).
+Precision: under bf16/fp16 autocast the convolutions run in half precision, but box coordinates never do:
+every pooling call gets float32 RoIs and float32 maps (:func:`_pool_inputs`), because a bf16 coordinate is
+rounded to 2-pixel steps between 256 and 511 px and 4-pixel steps above 512 px.
+
+Speed of a frozen backbone: no autograd graph (``torch.no_grad`` inside), optional channels_last, optional
+BatchNorm folded into the preceding convolutions once at build time (``fold_bn``; exact in real arithmetic,
+not bit-identical in float32, hence off by default), and one pass per distinct image of a batch
+(:meth:`ResNetBackbone.shared_image_maps`). Construction and surgery of the ResNet: :mod:`relground.model.resnet`.
 """
 
 from __future__ import annotations
 
-import pickle
-import re
 from collections import OrderedDict
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
 import torchvision
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from relground.model.resnet import build_resnet, fold_batch_norms, out_channels, set_layer4_stride_one
+from relground.model.resnet_weights import load_checkpoint_file, map_resnet_state_dict
+
+__all__ = [
+    "C4_STRIDE",
+    "FeatureCache",
+    "ImageMaps",
+    "ResNetBackbone",
+    "build_resnet",  # re-exported from resnet (construction and surgery)
+    "fold_batch_norms",
+    "grid_cells",
+    "load_checkpoint_file",  # re-exported: the weight-file helpers live in resnet_weights
+    "map_resnet_state_dict",
+    "set_layer4_stride_one",
+]
 
 C4_STRIDE = 16  # stem (4) x layer2 (2) x layer3 (2)
-# Frozen Caffe BatchNorm is y = x * scale + bias; torchvision's eval BN computes (x - mean) / sqrt(var + eps) * w + b,
-# so running_var = 1 - eps reproduces it exactly.
-_BN_EPS = 1e-5
 
 
-def build_resnet(name: str, stride_in_1x1: bool = False) -> ResNet:
-    """A randomly initialised torchvision ResNet without its classifier.
+def _pool_inputs(maps: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
+    """``(maps, rois)`` for a pooling op, never in less than float32.
 
-    Args:
-        name: ``resnet101``, ``resnet50``, ``resnet18`` or ``resnet10`` (BasicBlock x [1, 1, 1, 1]).
-        stride_in_1x1: move each stage's stride from the 3x3 to the 1x1 conv (MSRA/Caffe layout); Bottleneck only.
-
-    Raises:
-        ValueError: unknown ``name``, or ``stride_in_1x1`` with a BasicBlock ResNet.
-    """
-    if name == "resnet10":
-        model = ResNet(BasicBlock, [1, 1, 1, 1])
-    elif name in ("resnet18", "resnet50", "resnet101"):
-        model = getattr(torchvision.models, name)(weights=None)
-    else:
-        raise ValueError(f"model.backbone must be resnet101, resnet50, resnet18 or resnet10, got {name!r}")
-    model.fc = nn.Identity()
-    if stride_in_1x1:
-        if not isinstance(model.layer1[0], Bottleneck):
-            raise ValueError(f"model.stride_in_1x1 needs a Bottleneck ResNet, got {name!r}")
-        for layer in (model.layer2, model.layer3, model.layer4):
-            first = layer[0]
-            first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
-    return model
-
-
-def set_layer4_stride_one(layer4: nn.Sequential, dilation: int) -> None:
-    """Make layer4 keep the C4 resolution, in place.
-
-    ``dilation=1``: only the first stride becomes 1 (the authors' per-box head, run on 7x7 crops).
-    ``dilation=2``: as torchvision's ``replace_stride_with_dilation`` (first block dilation 1, later blocks 2),
-    which keeps the receptive field the weights were trained with when run on the whole map.
-    """
-    for block_index, block in enumerate(layer4):
-        for name, module in block.named_modules():
-            if not isinstance(module, nn.Conv2d):
-                continue
-            module.stride = (1, 1)
-            if module.kernel_size == (3, 3) and block_index > 0 and not name.startswith("downsample"):
-                module.dilation = (dilation, dilation)
-                module.padding = (dilation, dilation)
-
-
-_CAFFE_BRANCH = {"branch2a": "conv1", "branch2b": "conv2", "branch2c": "conv3", "branch1": "downsample.0"}
-_CAFFE_BN = {"branch2a": "bn1", "branch2b": "bn2", "branch2c": "bn3", "branch1": "downsample.1"}
-_CAFFE_BN_SUFFIX = {"s": "weight", "b": "bias", "rm": "running_mean", "riv": "running_var"}
-
-
-def _map_key(key: str) -> Optional[str]:
-    """torchvision name of one checkpoint key, or None for a key that is not part of the ResNet."""
-    # Strip wrappers: DDP "module.", maskrcnn-benchmark "backbone.body." / box-head "…head.", detectron2 "backbone."
-    key = re.sub(r"^module\.", "", key)
-    key = re.sub(r"^roi_heads\.box\.feature_extractor\.head\.", "", key)  # maskrcnn-benchmark res5 head
-    key = re.sub(r"^roi_heads\.", "", key)  # detectron2 Res5ROIHeads: roi_heads.res5.*
-    key = re.sub(r"^backbone\.(body\.|bottom_up\.)?", "", key)
-    key = re.sub(r"^bottom_up\.", "", key)
-
-    # Detectron / Caffe blob names: conv1_w, res_conv1_bn_s, res2_0_branch2a_w, res2_0_branch2a_bn_s, ...
-    if key == "conv1_w":
-        return "conv1.weight"
-    m = re.fullmatch(r"res_conv1_bn_(s|b|rm|riv)", key)
-    if m:
-        return "bn1." + _CAFFE_BN_SUFFIX[m.group(1)]
-    m = re.fullmatch(r"res(\d)_(\d+)_(branch2[abc]|branch1)_(w|bn_s|bn_b|bn_rm|bn_riv)", key)
-    if m:
-        stage, block, branch, kind = int(m.group(1)), m.group(2), m.group(3), m.group(4)
-        prefix = f"layer{stage - 1}.{block}."
-        if kind == "w":
-            return prefix + _CAFFE_BRANCH[branch] + ".weight"
-        return prefix + _CAFFE_BN[branch] + "." + _CAFFE_BN_SUFFIX[kind[3:]]
-
-    # detectron2: stem.conv1.weight, stem.conv1.norm.*, res2.0.conv1.weight, res2.0.conv1.norm.*, res2.0.shortcut.*
-    m = re.fullmatch(r"stem\.conv1\.(norm\.)?(\w+)", key)
-    if m:
-        return ("bn1." if m.group(1) else "conv1.") + m.group(2)
-    m = re.fullmatch(r"stem\.(conv1|bn1)\.(\w+)", key)  # maskrcnn-benchmark stem
-    if m:
-        return f"{m.group(1)}.{m.group(2)}"
-    m = re.fullmatch(r"res(\d)\.(\d+)\.(conv[123]|shortcut)\.(norm\.)?(\w+)", key)
-    if m:
-        stage, block, conv, norm, param = m.groups()
-        prefix = f"layer{int(stage) - 1}.{block}."
-        if conv == "shortcut":
-            return prefix + ("downsample.1." if norm else "downsample.0.") + param
-        return prefix + (f"bn{conv[-1]}." if norm else f"{conv}.") + param
-
-    # torchvision (and maskrcnn-benchmark layers): already the target naming.
-    if re.fullmatch(r"(conv1|bn1)\.\w+", key) or re.fullmatch(
-        r"layer[1-4]\.\d+\.(conv\d|bn\d|downsample\.[01])\.\w+", key
-    ):
-        return key
-    return None
-
-
-def map_resnet_state_dict(state_dict: dict) -> tuple[dict[str, Tensor], list[str]]:
-    """Rename a ResNet checkpoint's keys to torchvision's.
-
-    Understands torchvision (``layer1.0.conv1.weight``), detectron2 (``backbone.res2.0.conv1.weight``,
-    ``…conv1.norm.weight``, ``…shortcut.weight``, ``stem.conv1.norm.*``, ``roi_heads.res5.*``),
-    maskrcnn-benchmark (``backbone.body.layer1.0.conv1.weight``, ``backbone.body.stem.bn1.*``,
-    ``roi_heads.box.feature_extractor.head.layer4.*``) and Detectron/Caffe blobs (``res2_0_branch2a_w``,
-    ``res2_0_branch2a_bn_s``). Frozen Caffe BatchNorms without running statistics get mean 0 and
-    var 1 - eps, so torchvision's eval BatchNorm computes exactly ``x * scale + bias``.
-
-    Args:
-        state_dict: name -> Tensor or numpy array (Detectron pickles hold arrays).
+    The ops need one dtype for both; rounding the coordinates to a half-precision map's dtype would move boxes
+    by up to 4 px (bf16 above 512 px), so a half-precision map is widened instead. Under autocast the ops'
+    autocast rules would widen the map anyway (torchvision's ``roi_align`` and ``roi_align_avg`` run in
+    float32), so this costs nothing extra there.
 
     Returns:
-        (mapped, ignored): the torchvision-named tensors and the source keys that are not ResNet weights
-        (classifier, RPN, box predictor, ``num_batches_tracked``...).
+        (Tensor[B, C, h, w], Tensor[N, 5]) in float32 (float64 when ``maps`` is float64).
     """
-    mapped: dict[str, Tensor] = {}
-    ignored: list[str] = []
-    for key, value in state_dict.items():
-        target = _map_key(key)
-        if target is None or target.endswith("num_batches_tracked"):
-            ignored.append(key)
-            continue
-        mapped[target] = torch.as_tensor(value)
-    # Caffe / FrozenBN checkpoints carry only scale and bias: add the identity statistics.
-    for key in [k for k in mapped if re.search(r"(bn\d|downsample\.1)\.weight$", k)]:
-        base = key[: -len("weight")]
-        if base + "running_mean" not in mapped:
-            mapped[base + "running_mean"] = torch.zeros_like(mapped[key])
-            mapped[base + "running_var"] = torch.full_like(mapped[key], 1.0 - _BN_EPS)
-    return mapped, ignored
+    dtype = torch.float64 if maps.dtype == torch.float64 else torch.float32
+    return maps.to(dtype), rois.to(dtype)
 
 
-def load_checkpoint_file(path: str | Path) -> dict:
-    """Read a state dict from ``path`` (``.pth``/``.pt`` via torch.load, ``.pkl`` via pickle).
+def _pooled_dtype(maps: Tensor, pooled: Tensor) -> Tensor:
+    """Pooled features back in the map's dtype outside autocast; float32 under it (what the ops' autocast gives)."""
+    return pooled if torch.is_autocast_enabled(maps.device.type) else pooled.to(maps.dtype)
 
-    Unwraps the usual containers (``{"model": ...}``, ``{"state_dict": ...}``, Detectron's ``{"blobs": ...}``).
 
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: the file holds no mapping of weights.
+@dataclass
+class ImageMaps:
+    """The maps of a batch's distinct images and, per batch item, which of them it reads.
+
+    Several captions of one image (an image-grouped batch) share one map: the backbone runs once per image.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model.backbone_weights: no such file: {path}")
-    if path.suffix == ".pkl":
-        with path.open("rb") as f:
-            data = pickle.load(f, encoding="latin1")  # Detectron (Python 2) pickles
-    else:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    for container in ("model", "state_dict", "blobs"):
-        if isinstance(data, dict) and isinstance(data.get(container), dict):
-            data = data[container]
-    if not isinstance(data, dict) or not data:
-        raise ValueError(f"model.backbone_weights: {path} holds no state dict (got {type(data).__name__})")
-    return data
+
+    maps: Tensor  # [G, C, h, w], G distinct images of the batch
+    index: Tensor  # [B] long, batch item -> row of ``maps``
 
 
 class FeatureCache:
@@ -227,6 +121,7 @@ class ResNetBackbone(nn.Module):
         roi_align_avg: the fused RoIAlign+mean to use for the fast head (native or reference).
         channels_last: run convolutions in channels_last.
         cache_max_images: > 0 enables the per-image map cache (needs ``frozen``).
+        fold_bn: fold every BatchNorm into its convolution at build time (needs ``frozen``). Default False.
     """
 
     def __init__(
@@ -241,6 +136,7 @@ class ResNetBackbone(nn.Module):
         roi_align_avg: Optional[Callable[..., Tensor]] = None,
         channels_last: bool = False,
         cache_max_images: int = 0,
+        fold_bn: bool = False,
     ):
         super().__init__()
         if box_head not in ("faithful", "fast"):
@@ -261,16 +157,21 @@ class ResNetBackbone(nn.Module):
         )
         self.layer4 = resnet.layer4
         set_layer4_stride_one(self.layer4, dilation=2 if box_head == "fast" else 1)
-        self.c4_channels = _out_channels(resnet.layer3)
-        self.out_channels = _out_channels(resnet.layer4)
+        self.c4_channels = out_channels(resnet.layer3)
+        self.out_channels = out_channels(resnet.layer4)
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
         self.roi_align_avg = roi_align_avg
         self.channels_last = channels_last
         self.frozen = frozen
+        self.share_maps = True  # items of one image share its map (see shared_image_maps); False: one pass per item
         self.cache = FeatureCache(cache_max_images) if cache_max_images > 0 else None
         if self.cache is not None and not frozen:
             raise ValueError("model.cache_features needs a frozen backbone")
+        if fold_bn and not frozen:
+            raise ValueError("model.fold_backbone_bn needs a frozen backbone (a training BatchNorm cannot be folded)")
+        if fold_bn:
+            fold_batch_norms(self)
         if frozen:
             self.requires_grad_(False)
         if channels_last:
@@ -325,6 +226,49 @@ class ResNetBackbone(nn.Module):
                 out[b, :, : m.shape[1], : m.shape[2]] = m.to(images.device, non_blocking=True)
             return out
 
+    def shared_image_maps(
+        self,
+        images: Tensor,
+        image_sizes: Tensor,
+        image_ids: Optional[Sequence[str]] = None,
+        image_index: Optional[Tensor] = None,
+        image_firsts: Optional[Tensor] = None,
+    ) -> ImageMaps:
+        """:meth:`image_maps` run once per distinct image id of the batch (all items when ids are None).
+
+        Items with the same id hold the same (padded) image, so the first one's map serves them all; the pooling
+        ops then read row ``index[b]`` of the maps for item ``b``. With :attr:`share_maps` False every item runs.
+
+        Args:
+            images (Tensor[B, 3, H, W]), image_sizes (Tensor[B, 2]), image_ids: as :meth:`image_maps`.
+            image_index (Tensor[B]), image_firsts (Tensor[G]): the batch's distinct images as tensors
+                (``GroundingBatch.image_index`` / ``image_firsts``); when given, used instead of the ids, so no
+                host work happens here (``model.static_shapes``; not with the cache).
+
+        Returns:
+            :class:`ImageMaps` with maps [G, C, ceil(H/16), ceil(W/16)], G = number of distinct ids.
+        """
+        b = images.shape[0]
+        if image_index is not None and image_firsts is not None and self.cache is None:
+            if not self.share_maps:
+                return ImageMaps(self.image_maps(images, image_sizes), torch.arange(b, device=images.device))
+            firsts = image_firsts.to(images.device)
+            maps = self.image_maps(images.index_select(0, firsts), image_sizes.index_select(0, firsts))
+            return ImageMaps(maps, image_index.to(images.device))
+        if image_ids is None or not self.share_maps or len(set(image_ids)) == b:
+            index = torch.arange(b, device=images.device)
+            return ImageMaps(self.image_maps(images, image_sizes, image_ids), index)
+        first: dict[str, int] = {}
+        for item, image_id in enumerate(image_ids):
+            first.setdefault(image_id, item)
+        rows = {image_id: row for row, image_id in enumerate(first)}
+        # Built on the host from the ids (already host strings) and copied without a sync.
+        firsts = torch.tensor(list(first.values())).to(images.device, non_blocking=True)
+        index = torch.tensor([rows[i] for i in image_ids]).to(images.device, non_blocking=True)
+        sizes = image_sizes.index_select(0, firsts.to(image_sizes.device))
+        maps = self.image_maps(images.index_select(0, firsts), sizes, list(first))
+        return ImageMaps(maps, index)
+
     def box_features(self, maps: Tensor, rois: Tensor) -> Tensor:
         """Pooled ResNet features of boxes.
 
@@ -336,18 +280,21 @@ class ResNetBackbone(nn.Module):
             Tensor[N, C5]: spatially averaged layer4 features (2048 for ResNet-50/101, 512 for 10/18).
         """
         scale = 1.0 / C4_STRIDE
-        rois = rois.to(maps.dtype)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             if rois.shape[0] == 0:
                 return maps.new_zeros((0, self.out_channels))
             if self.box_head == "fast":
-                return self.roi_align_avg(maps, rois, self.output_size, scale, self.sampling_ratio, True)  # [N, C5]
+                maps32, rois32 = _pool_inputs(maps, rois)
+                pooled = self.roi_align_avg(maps32, rois32, self.output_size, scale, self.sampling_ratio, True)
+                return _pooled_dtype(maps, pooled)  # [N, C5]
             return self._layer4_crops(maps, rois).mean((2, 3))  # [N, C5, 7, 7] -> [N, C5]
 
     def _layer4_crops(self, maps: Tensor, rois: Tensor) -> Tensor:
         """Faithful head: RoIAlign P x P on C4, then layer4 per box: [N, C4, P, P] -> [N, C5, P, P]."""
         scale = 1.0 / C4_STRIDE
-        crops = torchvision.ops.roi_align(maps, rois, self.output_size, scale, self.sampling_ratio, aligned=True)
+        maps32, rois32 = _pool_inputs(maps, rois)
+        crops = torchvision.ops.roi_align(maps32, rois32, self.output_size, scale, self.sampling_ratio, aligned=True)
+        crops = _pooled_dtype(maps, crops)  # layer4's weights are in the map's dtype outside autocast
         if self.channels_last:
             crops = crops.contiguous(memory_format=torch.channels_last)
         return self.layer4(crops)
@@ -368,15 +315,16 @@ class ResNetBackbone(nn.Module):
             Tensor[N, C5 * grid * grid]: channel-major (per channel, cells in row-major order).
         """
         scale = 1.0 / C4_STRIDE
-        rois = rois.to(maps.dtype)
         n = rois.shape[0]
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             if n == 0:
                 return maps.new_zeros((0, self.out_channels * grid * grid))
             if self.box_head == "fast":
                 bins = -(-self.output_size // grid)
-                cells = grid_cells(rois, grid)  # [N * g * g, 5]
-                pooled = self.roi_align_avg(maps, cells, bins, scale, self.sampling_ratio, True)  # [N g g, C5]
+                maps32, rois32 = _pool_inputs(maps, rois)
+                cells = grid_cells(rois32, grid)  # [N * g * g, 5]
+                pooled = self.roi_align_avg(maps32, cells, bins, scale, self.sampling_ratio, True)  # [N g g, C5]
+                pooled = _pooled_dtype(maps, pooled)
                 return pooled.reshape(n, grid * grid, -1).transpose(1, 2).flatten(1)
             return nn.functional.adaptive_avg_pool2d(self._layer4_crops(maps, rois), grid).flatten(1)  # [N, C5 g g]
 
@@ -390,7 +338,7 @@ class ResNetBackbone(nn.Module):
         if self.box_head == "fast" or rois.shape[0] == 0:
             return self.box_features(maps, rois), self.box_grid_features(maps, rois, grid)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            crops = self._layer4_crops(maps, rois.to(maps.dtype))  # [N, C5, P, P]
+            crops = self._layer4_crops(maps, rois)  # [N, C5, P, P]
             return crops.mean((2, 3)), nn.functional.adaptive_avg_pool2d(crops, grid).flatten(1)
 
 
@@ -419,8 +367,3 @@ def grid_cells(rois: Tensor, grid: int) -> Tensor:
         dim=-1,
     )  # [N, g (rows), g (columns), 5]
     return cells.reshape(-1, 5)
-
-
-def _out_channels(layer: nn.Sequential) -> int:
-    last = layer[-1]
-    return (last.bn3 if isinstance(last, Bottleneck) else last.bn2).num_features

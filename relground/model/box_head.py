@@ -7,8 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from relground.model.backbone import ResNetBackbone
-from relground.model.layers import masked_batch_norm
+from relground.model.backbone import ImageMaps, ResNetBackbone
+from relground.model.layers import masked_batch_norm, masked_batch_norm_static
 
 SPATIAL_DIM = 5  # x1/W, y1/H, x2/W, y2/H, area/(W*H)
 
@@ -57,8 +57,12 @@ class BoxHead(nn.Module):
         input_norm: bool = False,
         spatial_scale: float = 1.0,
         regression_grid: int = 0,
+        static_shapes: bool = False,
     ):
         super().__init__()
+        # static_shapes: pool every box of the padded batch and mask, instead of selecting the valid ones
+        # (a data-dependent count, read on the host); see ModelConfig.static_shapes
+        self.static_shapes = static_shapes
         if regression_grid < 0:
             raise ValueError(f"model.regression_grid must be >= 0, got {regression_grid}")
         self.spatial_feature = spatial_feature
@@ -77,12 +81,20 @@ class BoxHead(nn.Module):
         return self.grid_features if self.regression_grid else self.fc.in_features
 
     def _with_geometry(
-        self, pooled: Tensor, geometry: Optional[Tensor], norm: Optional[nn.Module], running_stats: bool
+        self,
+        pooled: Tensor,
+        geometry: Optional[Tensor],
+        norm: Optional[nn.Module],
+        running_stats: bool,
+        rows: Optional[Tensor] = None,
     ) -> Tensor:
-        """[pooled, geometry] standardised by ``norm``, the geometry columns then scaled by ``spatial_scale``."""
+        """[pooled, geometry] standardised by ``norm`` over ``rows`` (bool [N]; None = every row), the geometry
+        columns then scaled by ``spatial_scale``."""
         if geometry is not None:
             pooled = torch.cat((pooled, geometry.to(pooled.dtype)), dim=1)
-        if norm is not None:
+        if norm is not None and rows is not None:
+            pooled = masked_batch_norm_static(norm, pooled, rows, running_stats)
+        elif norm is not None:
             every_row = torch.ones(pooled.shape[0], dtype=torch.bool, device=pooled.device)
             pooled = masked_batch_norm(norm, pooled, every_row, running_stats)
         if geometry is not None and self.spatial_scale != 1.0:
@@ -94,7 +106,7 @@ class BoxHead(nn.Module):
     def forward(
         self,
         backbone: ResNetBackbone,
-        maps: Tensor,
+        maps: Tensor | ImageMaps,
         boxes: Tensor,
         valid: Tensor,
         image_sizes: Tensor,
@@ -104,7 +116,8 @@ class BoxHead(nn.Module):
         """
         Args:
             backbone: pools the boxes from ``maps`` (faithful or fast head).
-            maps (Tensor[B, C, h, w]): ``backbone.image_maps(...)``.
+            maps (Tensor[B, C, h, w] or ImageMaps): ``backbone.image_maps(...)``, or
+                ``backbone.shared_image_maps(...)`` (items of one image read one map row).
             boxes (Tensor[B, X, 4]): xyxy resized-image pixels (proposals, or refined boxes flattened to X = P*K).
             valid (Tensor[B, X]): bool; invalid boxes are not pooled, get zero features and stay out of BatchNorm.
             image_sizes (Tensor[B, 2]): (height, width).
@@ -118,10 +131,15 @@ class BoxHead(nn.Module):
             Tensor[B, X, d], and with ``return_pooled`` Tensor[B, X, :attr:`pooled_features`] (zeros for invalid
             boxes).
         """
+        if self.static_shapes:
+            return self._forward_static(backbone, maps, boxes, valid, image_sizes, running_stats, return_pooled)
         B, X, _ = boxes.shape
         batch_index, box_index = valid.nonzero(as_tuple=True)  # [N] each
         # [N, 5]; detached: RoIAlign has no gradient w.r.t. boxes
-        rois = torch.cat((batch_index[:, None].to(boxes.dtype), boxes[batch_index, box_index]), dim=1).detach()
+        map_index = batch_index
+        if isinstance(maps, ImageMaps):
+            map_index, maps = maps.index[batch_index], maps.maps
+        rois = torch.cat((map_index[:, None].to(boxes.dtype), boxes[batch_index, box_index]), dim=1).detach()
         geometry = spatial_features(boxes, image_sizes)[batch_index, box_index] if self.spatial_feature else None
         grid = None
         if return_pooled and self.regression_grid:
@@ -140,3 +158,40 @@ class BoxHead(nn.Module):
         pooled_full = pooled.new_zeros((B, X, pooled.shape[1]))
         pooled_full[batch_index, box_index] = pooled
         return features, pooled_full
+
+    def _forward_static(
+        self,
+        backbone: ResNetBackbone,
+        maps: Tensor | ImageMaps,
+        boxes: Tensor,
+        valid: Tensor,
+        image_sizes: Tensor,
+        running_stats: bool,
+        return_pooled: bool,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """:meth:`forward` over all B x X boxes (padding pooled too, then zeroed): shapes fixed by the batch's."""
+        B, X, _ = boxes.shape
+        rows = valid.reshape(B * X)  # [N = B X]
+        map_index = torch.arange(B, device=boxes.device)
+        if isinstance(maps, ImageMaps):
+            map_index, maps = maps.index, maps.maps
+        map_index = map_index[:, None].expand(B, X).reshape(B * X, 1).to(boxes.dtype)
+        rois = torch.cat((map_index, boxes.reshape(B * X, 4)), dim=1).detach()  # [N, 5]
+        geometry = spatial_features(boxes, image_sizes).reshape(B * X, -1) if self.spatial_feature else None
+        grid = None
+        if return_pooled and self.regression_grid:
+            average, grid = backbone.box_features_with_grid(maps, rois, self.regression_grid)
+        else:
+            average = backbone.box_features(maps, rois)  # [N, C5]
+        pooled = self._with_geometry(average, geometry, self.input_norm, running_stats, rows)
+        hidden = torch.relu(self.fc(pooled)).reshape(B, X, -1)  # [B, X, d]
+        zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
+        hidden = torch.where(valid[..., None], hidden, zero)
+        features = masked_batch_norm_static(self.norm, hidden, valid, running_stats)  # over the real boxes only
+        if not return_pooled:
+            return features
+        if grid is not None:
+            pooled = self._with_geometry(grid, geometry, self.grid_norm, running_stats, rows)
+        pooled = pooled.reshape(B, X, -1)
+        pooled = torch.where(valid[..., None], pooled, torch.zeros((), dtype=pooled.dtype, device=pooled.device))
+        return features, pooled

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -45,9 +49,15 @@ def masked_batch_norm(norm: nn.BatchNorm1d, x: Tensor, valid: Tensor, running_st
 
     Returns:
         Tensor[..., D]: normalised valid rows, zeros elsewhere.
+
+    Inside an initialised process group, training-mode statistics are those of the GLOBAL batch (every
+    process's valid rows, see :func:`_global_batch_norm`), so the model and its running statistics are the same
+    whatever the number of processes.
     """
     rows = x[valid]  # [N, D]
-    if norm.training and (running_stats or rows.shape[0] < 2):
+    if norm.training and not running_stats and dist.is_available() and dist.is_initialized():
+        normed = _global_batch_norm(norm, rows)
+    elif norm.training and (running_stats or rows.shape[0] < 2):
         # Batch statistics of one row are undefined (BatchNorm raises): use the running estimates.
         normed = F.batch_norm(rows, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
     else:
@@ -55,3 +65,102 @@ def masked_batch_norm(norm: nn.BatchNorm1d, x: Tensor, valid: Tensor, running_st
     out = x.new_zeros(x.shape[:-1] + (normed.shape[-1],))
     out[valid] = normed.to(out.dtype)
     return out
+
+
+def masked_batch_norm_static(norm: nn.BatchNorm1d, x: Tensor, valid: Tensor, running_stats: bool = False) -> Tensor:
+    """:func:`masked_batch_norm` without host synchronisation or data-dependent shapes (``model.static_shapes``).
+
+    Every row is normalised and the invalid ones are zeroed; the batch statistics are masked sums over the valid
+    rows (one all-reduce of them inside a process group), and "fewer than 2 valid rows" selects the running
+    estimates with ``torch.where`` instead of a branch. Same function as :func:`masked_batch_norm`, other
+    summation order (not bit-identical).
+
+    Args / Returns: as :func:`masked_batch_norm`.
+    """
+    shape = x.shape
+    rows = x.reshape(-1, shape[-1])  # [N, D], every row, padding included
+    mask = valid.reshape(-1)  # [N]
+    if not norm.training or running_stats:
+        normed = F.batch_norm(rows, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+    else:
+        normed = _masked_training_norm(norm, rows, mask)
+    return torch.where(mask[:, None], normed.to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device)).reshape(
+        shape[:-1] + (normed.shape[-1],)
+    )
+
+
+def _masked_training_norm(norm: nn.BatchNorm1d, rows: Tensor, mask: Tensor) -> Tensor:
+    """Training-mode BatchNorm of ``rows`` [N, D] with the statistics of the rows where ``mask`` [N] is True (of
+    every process's, inside a process group), running estimates updated in place; < 2 such rows: the running
+    estimates normalise and stay unchanged, as in :func:`masked_batch_norm`."""
+    weights = mask.to(torch.float32)[:, None]  # [N, 1]
+    wide = rows.float()
+    if dist.is_available() and dist.is_initialized():
+        wide = wide.double()  # sums of squares across processes: float64, as _global_batch_norm
+        stats = torch.cat(((wide * weights).sum(0), (wide * wide * weights).sum(0), weights.sum(0).double()))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"torch\.distributed\.nn\.functional", FutureWarning)
+            stats = dist_nn.all_reduce(stats)
+        dim = rows.shape[1]
+        count = stats[-1]
+        mean = stats[:dim] / count.clamp(min=1)
+        var = (stats[dim : 2 * dim] / count.clamp(min=1) - mean * mean).clamp(min=0.0)
+    else:  # two passes over the masked rows: no cancellation in the variance
+        count = weights.sum()
+        mean = (wide * weights).sum(0) / count.clamp(min=1)
+        var = (((wide - mean) ** 2) * weights).sum(0) / count.clamp(min=1)
+    enough = count >= 2  # 0-dim bool, stays on the device
+    if norm.track_running_stats and norm.running_mean is not None:
+        with torch.no_grad():
+            norm.num_batches_tracked.add_(enough.to(norm.num_batches_tracked.dtype))
+            if norm.momentum is None:  # cumulative average
+                momentum = 1.0 / norm.num_batches_tracked.clamp(min=1).to(torch.float32)
+            else:
+                momentum = norm.momentum
+            momentum = torch.where(enough, torch.as_tensor(momentum, dtype=torch.float32, device=rows.device), 0.0)
+            unbiased = var * (count / (count - 1).clamp(min=1))
+            norm.running_mean.copy_(norm.running_mean * (1 - momentum) + mean.to(norm.running_mean.dtype) * momentum)
+            norm.running_var.copy_(norm.running_var * (1 - momentum) + unbiased.to(norm.running_var.dtype) * momentum)
+    if norm.running_mean is not None:
+        # < 2 valid rows: the running estimates (as they were: no update happened above)
+        mean = torch.where(enough, mean.to(norm.running_mean.dtype), norm.running_mean)
+        var = torch.where(enough, var.to(norm.running_var.dtype), norm.running_var)
+    normed = ((wide - mean.to(wide.dtype)) * torch.rsqrt(var.to(wide.dtype) + norm.eps)).to(rows.dtype)
+    if norm.affine:
+        normed = normed * norm.weight + norm.bias
+    return normed
+
+
+def _global_batch_norm(norm: nn.BatchNorm1d, rows: Tensor) -> Tensor:
+    """Training-mode BatchNorm of ``rows`` [N, D] with the statistics of every process's rows (collective).
+
+    ``torch.nn.SyncBatchNorm`` runs on CUDA tensors only; this one runs on any device: one differentiable
+    all-reduce of (sum, sum of squares, count) in float64, then the single-process BatchNorm's arithmetic:
+    the biased variance normalises, the unbiased one enters ``running_var``, with ``norm.momentum`` (or the
+    cumulative average when it is None). Every process computes the same statistics, so the running estimates
+    agree on every rank. Fewer than 2 rows in the global batch: the running estimates normalise, as in
+    :func:`masked_batch_norm`.
+    """
+    wide = rows.double()
+    count = wide.new_full((1,), float(rows.shape[0]))
+    stats = torch.cat((wide.sum(0), (wide * wide).sum(0), count))  # [2 D + 1]
+    with warnings.catch_warnings():  # recent torch flags these autograd-aware collectives as deprecated (private successor)
+        warnings.filterwarnings("ignore", r"torch\.distributed\.nn\.functional", FutureWarning)
+        stats = dist_nn.all_reduce(stats)  # the backward all-reduces the gradients of the statistics
+    dim = rows.shape[1]
+    total = int(stats[-1].item())
+    if total < 2:
+        return F.batch_norm(rows, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+    mean = stats[:dim] / total
+    var = (stats[dim : 2 * dim] / total - mean * mean).clamp(min=0.0)  # biased, as BatchNorm normalises
+    if norm.track_running_stats and norm.running_mean is not None:
+        with torch.no_grad():
+            norm.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+            norm.running_mean.mul_(1 - momentum).add_(mean.to(norm.running_mean.dtype), alpha=momentum)
+            unbiased = var * (total / (total - 1))
+            norm.running_var.mul_(1 - momentum).add_(unbiased.to(norm.running_var.dtype), alpha=momentum)
+    normed = ((wide - mean) * torch.rsqrt(var + norm.eps)).to(rows.dtype)
+    if norm.affine:
+        normed = normed * norm.weight + norm.bias
+    return normed

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from relground.model.layers import masked_batch_norm
+from relground.model.layers import masked_batch_norm, masked_batch_norm_static
 
 
 def span_mean(outputs: Tensor, spans: Tensor, valid: Tensor) -> Tensor:
@@ -40,6 +40,8 @@ class PhraseEncoder(nn.Module):
         rnn_type: ``gru`` (authors) or ``lstm``.
         bidirectional: run the RNN both ways.
         batchnorm: BatchNorm1d on phrase features, as the authors.
+        static_shapes: run the RNN on the padded words instead of a packed sequence (whose lengths are read on the
+            host); see :func:`run_padded`. Default False.
     """
 
     def __init__(
@@ -50,8 +52,10 @@ class PhraseEncoder(nn.Module):
         rnn_type: str = "gru",
         bidirectional: bool = False,
         batchnorm: bool = True,
+        static_shapes: bool = False,
     ):
         super().__init__()
+        self.static_shapes = static_shapes
         if vocab_size < 2:
             raise ValueError(f"caption_vocab_size must be >= 2 (0 is padding), got {vocab_size}")
         self.embedding = nn.Embedding(vocab_size, word_dim, padding_idx=0)
@@ -101,10 +105,51 @@ class PhraseEncoder(nn.Module):
         B, T = words.shape
         lengths = word_lengths.clamp(min=1, max=T)
         embedded = self.embedding(words)  # [B, T, word_dim]
-        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        outputs, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=T)  # [B, T, d]
+        if self.static_shapes:
+            outputs = run_padded(self.rnn, embedded, lengths)  # [B, T, d]
+        else:
+            packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            outputs, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=T)  # [B, T, d]
         phrases = span_mean(outputs, phrase_spans, phrase_valid)  # [B, P, d]
         if self.norm is not None:
-            phrases = masked_batch_norm(self.norm, phrases, phrase_valid)
+            norm = masked_batch_norm_static if self.static_shapes else masked_batch_norm
+            phrases = norm(self.norm, phrases, phrase_valid)
         sentence = outputs.sum(1) / lengths[:, None].to(outputs.dtype)  # padding outputs are zero
         return phrases, sentence
+
+
+def run_padded(rnn: nn.RNNBase, inputs: Tensor, lengths: Tensor) -> Tensor:
+    """A one-layer batch-first RNN over right-padded sequences without packing: the outputs of a packed run.
+
+    The forward direction reads the padding only after each sequence's last word, so its outputs there are the
+    packed run's. The backward direction must start at each sequence's last word: it runs on the sequences
+    shifted right to end at T - 1 (left-padded), and its outputs are shifted back. Positions past a sequence's
+    length are zero, as ``pad_packed_sequence`` leaves them.
+
+    Args:
+        rnn: ``nn.GRU`` / ``nn.LSTM`` with ``batch_first``, one layer.
+        inputs (Tensor[B, T, D]): right-padded sequences.
+        lengths (Tensor[B]): in [1, T], on the inputs' device.
+
+    Returns:
+        Tensor[B, T, H * directions].
+    """
+    B, T, _ = inputs.shape
+    positions = torch.arange(T, device=inputs.device)[None, :]  # [1, T]
+    inside = (positions < lengths[:, None])[..., None]  # [B, T, 1]
+    zero = torch.zeros((), dtype=inputs.dtype, device=inputs.device)
+    outputs = rnn(torch.where(inside, inputs, zero))[0]  # [B, T, H * directions]
+    if rnn.bidirectional:
+        hidden = rnn.hidden_size
+        shift = (T - lengths)[:, None]  # [B, 1]: sequence b starts at column shift_b once left-padded
+        source = (positions - shift).clamp(min=0)  # left-padded column t reads right-padded column t - shift
+        left = torch.where((positions >= shift)[..., None], _take(inputs, source), zero)
+        backward = rnn(left)[0][..., hidden:]  # [B, T, H], sequence ending at T - 1
+        backward = _take(backward, (positions + shift).clamp(max=T - 1))  # back to right-padded columns
+        outputs = torch.cat((outputs[..., :hidden], backward), dim=-1)
+    return torch.where(inside, outputs, torch.zeros((), dtype=outputs.dtype, device=outputs.device))
+
+
+def _take(values: Tensor, columns: Tensor) -> Tensor:
+    """values [B, T, D] at columns [B, T] -> [B, T, D]."""
+    return torch.gather(values, 1, columns[..., None].expand(-1, -1, values.shape[-1]))

@@ -23,10 +23,12 @@ Over 400 lines because the forward pass and every step it calls are kept in one 
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from relground import ops
@@ -38,13 +40,17 @@ from relground.losses import (
     contrastive_ranking_loss,
     ranking_loss,
     reconstruction_loss,
+    reconstruction_loss_static,
     relation_class_weights,
+    phrase_target_lengths,
     relation_loss,
+    relation_loss_static,
     self_taught_regression_loss,
 )
+from relground.losses.ranking import global_ranking_loss
 from relground.ops import _reference
-from relground.structures.batch import GroundingBatch
-from relground.model.backbone import ResNetBackbone
+from relground.structures.batch import GroundingBatch, image_codes, image_key
+from relground.model.backbone import ImageMaps, ResNetBackbone
 from relground.model.box_head import BoxHead
 from relground.model.matching import BOX_CODER_WEIGHTS, BoxDecoder, MatchingHeads, gather_topk, prior_attention
 from relground.model.matching import select_topk
@@ -125,14 +131,23 @@ class ReIR(nn.Module):
             roi_align_avg=self.ops.roi_align_avg,
             channels_last=cfg.channels_last,
             cache_max_images=cfg.cache_max_images if cfg.cache_features else 0,
+            fold_bn=cfg.fold_backbone_bn,
         )
         # regression_input: F_reg reads x_o (authors), or the box head's input ("pooled") or a grid ("grid").
         self.regress_pooled = cfg.box_regression and cfg.regression_input in ("pooled", "grid")
         grid = cfg.regression_grid if cfg.box_regression and cfg.regression_input == "grid" else 0
         self.box_head = BoxHead(
-            self.backbone.out_channels, d, cfg.spatial_feature, cfg.box_input_norm, cfg.spatial_scale, grid
+            self.backbone.out_channels,
+            d,
+            cfg.spatial_feature,
+            cfg.box_input_norm,
+            cfg.spatial_scale,
+            grid,
+            static_shapes=cfg.static_shapes,
         )
-        self.phrase_encoder = PhraseEncoder(caption_vocab_size, cfg.word_dim, d, cfg.rnn_type, cfg.bidirectional)
+        self.phrase_encoder = PhraseEncoder(
+            caption_vocab_size, cfg.word_dim, d, cfg.rnn_type, cfg.bidirectional, static_shapes=cfg.static_shapes
+        )
         heads = (
             d, cfg.box_regression, cfg.regression_uses_phrase, cfg.regression_hidden, cfg.cls_hidden, cfg.cls_bias,
             self.box_head.pooled_features if self.regress_pooled else d,
@@ -145,9 +160,10 @@ class ReIR(nn.Module):
         self.relational = (
             RelationalGeometryMessages(d, num_relation_classes, cfg.relation_hidden) if cfg.vogn_geometry else None
         )
-        self.decoder = PhraseDecoder(phrase_vocab_size, d, cfg.word_dim, d) if loss.reconstruction_stages else None
+        decoder_args = (phrase_vocab_size, d, cfg.word_dim, d, cfg.decoder_rnn_type)
+        self.decoder = PhraseDecoder(*decoder_args) if loss.reconstruction_stages else None
         own_decoder = cfg.separate_stage2_decoder and 2 in loss.reconstruction_stages
-        self.decoder_stage2 = PhraseDecoder(phrase_vocab_size, d, cfg.word_dim, d) if own_decoder else None
+        self.decoder_stage2 = PhraseDecoder(*decoder_args) if own_decoder else None
         self.ranking = RankingEmbedding(d, d, cfg.ranking_dim) if loss.ranking else None
         pair_dim = 4 if cfg.relation_geometry else 0  # relative geometry of every candidate box pair
         self.relation = (
@@ -171,6 +187,9 @@ class ReIR(nn.Module):
         self.regression_inputs = detach_all if cfg.detach_regression_inputs else keep_gradient
         self.stage2_pooling = STAGE2_POOLING[cfg.stage2_pooling]
         self.ranking_loss = contrastive_ranking_loss if loss.ranking_form == "contrastive" else ranking_loss
+        # static_shapes: the masked forms of the data-dependent steps, and the step torch.compile may trace whole
+        self.static_shapes = cfg.static_shapes
+        self._compiled_step: Optional[Callable[..., ReIROutput]] = None  # set by compile_step
 
     @property
     def fine_heads(self) -> MatchingHeads:
@@ -199,11 +218,69 @@ class ReIR(nn.Module):
             :class:`ReIROutput`.
         """
         check_prior(batch)
-        image_ids = batch_image_ids(batch)
+        compute_losses = self.training if compute_losses is None else compute_losses
+        # The schedules as Python booleans: a compiled step specialises on them, not on every iteration number.
+        refine = iteration is None or iteration >= self.cfg.refine_start_iteration
+        regress = iteration is None or iteration >= self.cfg.loss.regression_start_iteration
+        if not self.static_shapes:
+            return self._forward(batch, batch_image_ids(batch), None, refine, regress, compute_losses)
+        batch, maps = self._prepare_static(batch)
+        step = self._forward if self._compiled_step is None else self._compiled_step
+        return step(batch, None, maps, refine, regress, compute_losses)
+
+    def compile_step(self, **options) -> None:
+        """Run the training forward and losses through ``torch.compile(fullgraph=True, **options)`` from now on
+        (``train.compile``, ``relground benchmark --compile``). Needs ``model.static_shapes``."""
+        if not self.static_shapes:
+            raise ValueError(
+                "train.compile (--compile) needs model.static_shapes: true (the default step reads data-dependent "
+                "counts on the host, so it cannot be compiled whole)"
+            )
+        compiled = torch.compile(self._forward, fullgraph=True, **options)
+
+        def step(*args):
+            with torch._dynamo.config.patch(allow_rnn=True):  # Dynamo traces nn.GRU / nn.LSTM only on request
+                return compiled(*args)
+
+        self._compiled_step = step
+
+    def _prepare_static(self, batch: GroundingBatch) -> tuple[GroundingBatch, Optional[ImageMaps]]:
+        """Host-side part of a static-shape step: the batch's integer image codes (when the collate function did
+        not make them), the cached maps (the feature cache is a host store: it stays outside a compiled step), and
+        the batch without its ``meta`` (nothing in the step reads strings)."""
+        if batch.image_index is None:
+            ids = batch_image_ids(batch)
+            if ids is None:
+                every = torch.arange(batch.batch_size)
+                codes = {"image_keys": None, "image_index": every, "image_firsts": every}
+            else:
+                codes = image_codes(ids)
+            device = batch.images.device
+            codes = {k: None if v is None else v.to(device, non_blocking=True) for k, v in codes.items()}
+            batch = dataclasses.replace(batch, **codes)
+        maps = None
+        if self.backbone.cache is not None:
+            maps = self.backbone.shared_image_maps(batch.images, batch.image_sizes, batch_image_ids(batch))
+        return dataclasses.replace(batch, meta=[]), maps
+
+    def _forward(
+        self,
+        batch: GroundingBatch,
+        image_ids: Optional[list[str]],
+        maps: Optional[ImageMaps],
+        refine: bool,
+        regress: bool,
+        compute_losses: bool,
+    ) -> ReIROutput:
+        """:meth:`forward` after its host-side part; with ``static_shapes`` no step reads a device value."""
         sizes, phrase_valid = batch.image_sizes, batch.phrase_valid
 
         # Features: frozen backbone maps, box features, phrase features.
-        maps = self.backbone.image_maps(batch.images, sizes, image_ids)  # C4 (faithful) | dilated C5 (fast)
+        # C4 (faithful) | dilated C5 (fast), one backbone pass per distinct image: captions of one image share it
+        if maps is None and self.static_shapes:
+            maps = self.backbone.shared_image_maps(batch.images, sizes, None, batch.image_index, batch.image_firsts)
+        elif maps is None:
+            maps = self.backbone.shared_image_maps(batch.images, sizes, image_ids)
         x_o, pooled_o = self._embed_boxes(maps, batch.proposals, batch.proposal_valid, sizes)
         # x_o [B, M, d]; pooled_o [B, M, d'] (F_reg's box input with regression_input pooled | grid) or None
         x_q, sentence = self.phrase_encoder(batch.words, batch.word_lengths, batch.phrase_spans, phrase_valid)
@@ -216,7 +293,7 @@ class ReIR(nn.Module):
         # Stage 2: top-K -> visual object graph -> fine matching + regression.
         topk = fine = None
         if self.cfg.two_stage:
-            topk = self._select_topk(batch, maps, coarse, x_o, pooled_o, iteration)  # alpha^c_k, x_k [B, P, K, d]
+            topk = self._select_topk(batch, maps, coarse, x_o, pooled_o, refine)  # alpha^c_k, x_k [B, P, K, d]
             x_q2, topk.features, topk.attention, topk.pooled = self.stage2_inputs(
                 x_q, topk.features, topk.attention, topk.pooled
             )  # as they are, or detached (detach_stage2_inputs)
@@ -224,16 +301,15 @@ class ReIR(nn.Module):
             fine = self._fine_stage(batch, x_q2, x_k, topk)  # alpha^f [B, P, K], z^f [B, P, d], delta^f
             self._predict_stage2(out, sizes, topk, fine)  # argmax alpha^c_k alpha^f_k, both deltas applied
 
-        compute_losses = self.training if compute_losses is None else compute_losses
         if compute_losses:
-            out.losses = self._losses(batch, iteration, image_ids, sentence, coarse, topk, fine)
+            out.losses = self._losses(batch, regress, image_ids, sentence, coarse, topk, fine)
             out.total_loss = self._total_loss(out.losses, coarse.pooled)
         return out
 
     # --- features -------------------------------------------------------------------------------------------
 
     def _embed_boxes(
-        self, maps: Tensor, boxes: Tensor, valid: Tensor, sizes: Tensor, running_stats: bool = False
+        self, maps: ImageMaps, boxes: Tensor, valid: Tensor, sizes: Tensor, running_stats: bool = False
     ) -> tuple[Tensor, Optional[Tensor]]:
         """x_o of ``boxes`` [B, X, d], and the pooled feature [B, X, d'] when F_reg reads it (else None)."""
         out = self.box_head(
@@ -279,11 +355,11 @@ class ReIR(nn.Module):
     def _select_topk(
         self,
         batch: GroundingBatch,
-        maps: Tensor,
+        maps: ImageMaps,
         coarse: CoarseStage,
         x_o: Tensor,
         pooled_o: Optional[Tensor],
-        iteration: Optional[int],
+        refine: bool,
     ) -> TopK:
         """Top-K by alpha^c and their features: the refined boxes re-pooled from ``refine_start_iteration`` (and
         in evaluation), the unrefined proposals' features before it (the authors' warm-up)."""
@@ -297,7 +373,7 @@ class ReIR(nn.Module):
         refined_k = boxes_k
         if coarse.deltas is not None:
             refined_k = self.box_decoder(gather_topk(coarse.deltas, index, per_phrase=True), boxes_k, sizes).detach()
-        repool = coarse.deltas is not None and (iteration is None or iteration >= self.cfg.refine_start_iteration)
+        repool = coarse.deltas is not None and refine
         if repool:  # normalised like the proposals (running statistics), see BoxHead
             x_k, pooled_k = self._embed_boxes(
                 maps, refined_k.reshape(B, P * K, 4), valid.reshape(B, P * K), sizes, running_stats=True
@@ -349,40 +425,77 @@ class ReIR(nn.Module):
     def _losses(
         self,
         batch: GroundingBatch,
-        iteration: Optional[int],
+        regress: bool,
         image_ids: Optional[list[str]],
         sentence: Tensor,
         coarse: CoarseStage,
         topk: Optional[TopK],
         fine: Optional[FineStage],
     ) -> dict[str, Tensor]:
-        """The active loss terms, unweighted, in a fixed order (rec, rank, reg, rel)."""
+        """The active loss terms, unweighted, in a fixed order (rec, rank, reg, rel).
+
+        Inside a process group every term is made independent of the number of processes (docs/distributed.md):
+        the ranking terms are built over the global batch (``loss.ranking_negatives: global``), and the means
+        over data-dependent counts (reconstructed tokens, selected boxes, labelled relation pairs) are divided by
+        the global count, obtained with one all-reduce per forward pass. Each value is scaled so that its mean
+        over processes is the loss of the global batch, and so is the gradient DDP averages.
+        """
         loss_cfg, phrase_valid = self.cfg.loss, batch.phrase_valid
         losses: dict[str, Tensor] = {}
+        distributed = dist.is_available() and dist.is_initialized()
+        counts: dict[str, Tensor] = {}  # term -> this process's denominator (distributed only)
         pooled = {1: coarse.pooled, 2: None if fine is None else fine.pooled}  # z^c, z^f [B, P, d]
         for stage in loss_cfg.reconstruction_stages:
             decoder = self.decoder_stage2 if stage == 2 and self.decoder_stage2 is not None else self.decoder
-            losses[f"rec_s{stage}"] = reconstruction_loss(decoder, pooled[stage], batch.phrase_targets, phrase_valid)
+            rec = reconstruction_loss_static if self.static_shapes else reconstruction_loss
+            losses[f"rec_s{stage}"] = rec(decoder, pooled[stage], batch.phrase_targets, phrase_valid)
+            if distributed:
+                counts[f"rec_s{stage}"] = reconstructed_tokens(batch.phrase_targets, phrase_valid)
         if self.ranking is not None:
-            negatives = None
-            if image_ids is not None:  # other captions of the same image are not negatives
-                codes = {image_id: n for n, image_id in enumerate(dict.fromkeys(image_ids))}
-                ids = torch.tensor([codes[i] for i in image_ids], device=coarse.pooled.device)
-                negatives = ids[:, None] != ids[None, :]  # [B, B]
-            for stage in loss_cfg.ranking_stages if fine is not None else (1,):
-                similarity = self.ranking(pooled[stage], phrase_valid, sentence)  # [B, B]
-                losses[f"rank_s{stage}"] = self.ranking_loss(similarity, negative_mask=negatives)
-        if loss_cfg.regression and (iteration is None or iteration >= loss_cfg.regression_start_iteration):
+            stages = loss_cfg.ranking_stages if fine is not None else (1,)
+            if distributed and loss_cfg.ranking_negatives == "global":
+                if self.static_shapes:
+                    keys = batch.image_keys
+                else:
+                    keys = None if image_ids is None else image_keys(image_ids, coarse.pooled.device)
+                for stage in stages:
+                    image, text = self.ranking.embed(pooled[stage], phrase_valid, sentence)  # [B, D] each
+                    losses[f"rank_s{stage}"] = global_ranking_loss(
+                        image, text, self.ranking.scale, keys, form=loss_cfg.ranking_form
+                    )
+            else:
+                negatives = None
+                if self.static_shapes and batch.image_keys is not None:  # built on the host by the collate
+                    negatives = batch.image_keys[:, None] != batch.image_keys[None, :]  # [B, B]
+                elif image_ids is not None and not self.static_shapes:  # other captions of one image: no negatives
+                    codes = {image_id: n for n, image_id in enumerate(dict.fromkeys(image_ids))}
+                    ids = torch.tensor([codes[i] for i in image_ids], device=coarse.pooled.device)
+                    negatives = ids[:, None] != ids[None, :]  # [B, B]
+                # local negatives under a process group: the hinge form's sum over this process's pairs x world
+                # size, so that DDP's average keeps the term's weight (only the negatives differ from ``global``);
+                # the contrastive form is a mean over pairs already
+                scaled = distributed and loss_cfg.ranking_form == "hinge"
+                for stage in stages:
+                    similarity = self.ranking(pooled[stage], phrase_valid, sentence)  # [B, B]
+                    loss = self.ranking_loss(similarity, negative_mask=negatives)
+                    losses[f"rank_s{stage}"] = loss * dist.get_world_size() if scaled else loss
+        if loss_cfg.regression and regress:
             kwargs = dict(iou_threshold=loss_cfg.iou_threshold, score_gap=loss_cfg.score_gap, weights=BOX_CODER_WEIGHTS)
+            targets_fn = self.ops.self_taught_targets
+            selected: list[Tensor] = []  # the boxes each regression loss averages over (distributed only)
+            if distributed:
+                targets_fn = recording_selected(targets_fn, selected)
             losses["reg_s1"] = self_taught_regression_loss(
                 coarse.deltas,
                 batch.proposals,
                 coarse.attention,
                 batch.proposal_valid,
-                self.ops.self_taught_targets,
+                targets_fn,
                 phrase_valid=phrase_valid,
                 **kwargs,
             )
+            if distributed:
+                counts["reg_s1"] = (selected.pop() & phrase_valid[..., None]).sum()
             if fine is not None:
                 # Each phrase has its own K boxes: treat every (item, phrase) as an "image" with one phrase.
                 B, P, K = topk.index.shape
@@ -391,12 +504,21 @@ class ReIR(nn.Module):
                     topk.boxes.reshape(B * P, K, 4),
                     fine.attention.reshape(B * P, 1, K),
                     topk.valid.reshape(B * P, K),
-                    self.ops.self_taught_targets,
+                    targets_fn,
                     **kwargs,
                 )
+                if distributed:
+                    counts["reg_s2"] = selected.pop().sum()
         if self.relation is not None and batch.relation_index.shape[0] > 0:
             logits = self._relation_logits(batch, topk, fine)  # [R, C_r]
-            losses["rel"] = relation_loss(logits, batch.relation_labels, self.relation_weights, loss_cfg.relation_form)
+            rel = relation_loss_static if self.static_shapes else relation_loss
+            losses["rel"] = rel(logits, batch.relation_labels, self.relation_weights, loss_cfg.relation_form)
+        elif self.relation is not None and distributed:
+            losses["rel"] = coarse.pooled.sum() * 0.0  # every process reports (and reduces) the same terms
+        if distributed and self.relation is not None:
+            counts["rel"] = (batch.relation_labels.sum(1) > 0).sum() if batch.relation_index.shape[0] > 0 else 0
+        if counts:
+            losses.update(global_means(losses, counts))
         return losses
 
     def _relation_logits(self, batch: GroundingBatch, topk: TopK, fine: FineStage) -> Tensor:
@@ -424,3 +546,39 @@ class ReIR(nn.Module):
         }
         return sum((weight[name.split("_")[0]] * value for name, value in losses.items()), like.new_zeros(()).float())
 
+
+
+def image_keys(image_ids: Sequence[str], device: torch.device) -> Tensor:
+    """int64 key of each image id, the same on every process (a stable hash, not Python's salted ``hash``)."""
+    keys = [image_key(i) for i in image_ids]
+    return torch.tensor(keys, dtype=torch.int64, device=device)
+
+
+def reconstructed_tokens(targets: Tensor, valid: Tensor) -> Tensor:
+    """The number of tokens :func:`reconstruction_loss` averages over (words + end token of each valid phrase)."""
+    lengths = phrase_target_lengths(targets)  # [B, P]; masked, not selected: no data-dependent shape
+    return ((lengths + 1).clamp(max=targets.shape[-1]) * valid).sum()
+
+
+def recording_selected(targets_fn: Callable, store: list[Tensor]) -> Callable:
+    """``targets_fn`` that also appends its ``selected`` mask to ``store`` (the regression loss's denominator)."""
+
+    def wrapped(*args, **kwargs):
+        out = targets_fn(*args, **kwargs)
+        store.append(out[1])
+        return out
+
+    return wrapped
+
+
+def global_means(losses: dict[str, Tensor], counts: dict[str, Tensor | int]) -> dict[str, Tensor]:
+    """Each mean ``losses[t]`` over this process's ``counts[t]`` items turned into world size x its share of the
+    mean over every process's items (one all-reduce of all the counts). DDP averages the gradients over the
+    processes, so the gradient is that of the global mean; so is the mean of the values over processes."""
+    names = list(counts)
+    like = next(iter(losses.values()))
+    local = torch.stack([torch.as_tensor(counts[n], device=like.device).to(torch.float64) for n in names])
+    total = local.clone()
+    dist.all_reduce(total)
+    factor = local * dist.get_world_size() / total.clamp(min=1)  # stays on the device: no host sync
+    return {n: losses[n] * factor[i].to(losses[n].dtype) for i, n in enumerate(names)}

@@ -11,6 +11,31 @@ from torch import Tensor
 from relground.structures.boxes import box_iou
 
 
+def check_same_device(op: str, **tensors: Tensor | None) -> None:
+    """Raise ``RuntimeError`` naming the argument when the tensor arguments of ``op`` are not on one device.
+
+    Checked in Python before dispatch: a ``meta`` tensor among CPU/CUDA ones sends the call to the fake
+    kernel, which would return uninitialised memory on the other device instead of reaching the C++ checks.
+    ``None`` (an omitted optional tensor) is skipped.
+
+    Example:
+        >>> check_same_device("topk_select", scores=torch.zeros(1, 2), valid=torch.zeros(1, 2, device="meta"))
+        Traceback (most recent call last):
+        RuntimeError: relground.ops.topk_select: `valid` is on meta but `scores` is on cpu; move both to the same device
+    """
+    first_name, first = None, None
+    for name, tensor in tensors.items():
+        if tensor is None:
+            continue
+        if first is None:
+            first_name, first = name, tensor
+        elif tensor.device != first.device:
+            raise RuntimeError(
+                f"relground.ops.{op}: `{name}` is on {tensor.device} but `{first_name}` is on {first.device}; "
+                "move both to the same device"
+            )
+
+
 def _roi_align_avg_reference(
     input: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int = -1, aligned: bool = True
 ) -> Tensor:

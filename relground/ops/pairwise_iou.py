@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from relground.extension import HAS_OPS
-from relground.ops._reference import _pairwise_iou_reference
+from relground.ops._reference import _pairwise_iou_reference, check_same_device
 
 __all__ = ["pairwise_iou"]
 
@@ -41,6 +41,7 @@ def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
             "relground.ops.pairwise_iou: `boxes1` and `boxes2` must both be [N, 4] or both be [B, N, 4], "
             f"got shapes {tuple(boxes1.shape)} and {tuple(boxes2.shape)}"
         )
+    check_same_device("pairwise_iou", boxes1=boxes1, boxes2=boxes2)
     squeeze = boxes1.dim() == 2
     if squeeze:
         boxes1, boxes2 = boxes1[None], boxes2[None]  # [1, N, 4], [1, M, 4]
@@ -56,6 +57,7 @@ if HAS_OPS:
 
     @torch.library.register_fake("relground::pairwise_iou")
     def _pairwise_iou_fake(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+        check_same_device("pairwise_iou", boxes1=boxes1, boxes2=boxes2)
         torch._check(boxes1.dim() == 3 and boxes2.dim() == 3, lambda: "pairwise_iou: `boxes1`, `boxes2` must be 3-D")
         torch._check(boxes1.shape[0] == boxes2.shape[0], lambda: "pairwise_iou: batch sizes of the boxes differ")
         return boxes1.new_empty(boxes1.shape[0], boxes1.shape[1], boxes2.shape[1])

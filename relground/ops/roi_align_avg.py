@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from relground.extension import HAS_OPS
-from relground.ops._reference import _roi_align_avg_reference
+from relground.ops._reference import _roi_align_avg_reference, check_same_device
 
 __all__ = ["roi_align_avg"]
 
@@ -71,6 +71,7 @@ def roi_align_avg(
 
         check_roi_boxes_shape(rois)
         rois = convert_boxes_to_roi_format(rois)
+    check_same_device("roi_align_avg", input=input, rois=rois)
     pooled_height, pooled_width = (output_size, output_size) if isinstance(output_size, int) else output_size
     if not HAS_OPS or (input.is_cuda and torch.are_deterministic_algorithms_enabled()):
         output_hw = (pooled_height, pooled_width)
@@ -89,6 +90,7 @@ if HAS_OPS:
 
     @torch.library.register_fake("relground::roi_align_avg")
     def _roi_align_avg_fake(input, rois, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned):
+        check_same_device("roi_align_avg", input=input, rois=rois)
         torch._check(input.dim() == 4, lambda: f"roi_align_avg: `input` must be 4-D, got {tuple(input.shape)}")
         torch._check(rois.dim() == 2 and rois.shape[1] == 5, lambda: "roi_align_avg: `rois` must be [K, 5]")
         torch._check(input.dtype == rois.dtype, lambda: "roi_align_avg: `input` and `rois` dtypes differ")
@@ -99,6 +101,7 @@ if HAS_OPS:
         grad, rois, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned,
         batch_size, channels, height, width, channels_last,
     ):  # fmt: skip
+        check_same_device("_roi_align_avg_backward", grad=grad, rois=rois)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         return grad.new_empty((batch_size, channels, height, width), memory_format=memory_format)
 

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from relground.extension import HAS_OPS
-from relground.ops._reference import _self_taught_targets_reference
+from relground.ops._reference import _self_taught_targets_reference, check_same_device
 
 __all__ = ["self_taught_targets"]
 
@@ -61,6 +61,7 @@ def self_taught_targets(
         >>> anchor, selected, weight
         (tensor([[0]]), tensor([[[False,  True, False]]]), tensor([[[0., 1., 0.]]]))
     """
+    check_same_device("self_taught_targets", boxes=boxes, scores=scores, valid=valid)
     boxes, scores = boxes.detach(), scores.detach()
     weights = tuple(float(w) for w in weights)
     if HAS_OPS:
@@ -75,6 +76,7 @@ if HAS_OPS:
     @torch.library.register_fake("relground::self_taught_targets")
     def _self_taught_targets_fake(boxes, scores, iou_threshold=0.6, score_gap=0.1, weights=(10.0, 10.0, 5.0, 5.0),
                                   valid=None):
+        check_same_device("self_taught_targets", boxes=boxes, scores=scores, valid=valid)
         torch._check(boxes.dim() == 3 and scores.dim() == 3, lambda: "self_taught_targets: `boxes`, `scores` 3-D")
         B, P, M = scores.shape
         return (

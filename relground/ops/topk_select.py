@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from relground.extension import HAS_OPS
-from relground.ops._reference import _topk_select_reference
+from relground.ops._reference import _topk_select_reference, check_same_device
 
 __all__ = ["topk_select"]
 
@@ -43,6 +43,7 @@ def topk_select(scores: Tensor, k: int, valid: Tensor | None = None) -> tuple[Te
         >>> relground.ops.topk_select(scores, 4, valid)
         (tensor([[0.9000, 0.9000, 0.1000,   -inf]]), tensor([[ 1,  2,  0, -1]]))
     """
+    check_same_device("topk_select", scores=scores, valid=valid)
     scores = scores.detach()
     if HAS_OPS:
         return torch.ops.relground.topk_select(scores, k, valid)
@@ -53,6 +54,7 @@ if HAS_OPS:
 
     @torch.library.register_fake("relground::topk_select")
     def _topk_select_fake(scores: Tensor, k: int, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_same_device("topk_select", scores=scores, valid=valid)
         torch._check(scores.dim() == 2, lambda: "topk_select: `scores` must be 2-D")
         torch._check(0 <= k <= scores.shape[1], lambda: f"topk_select: `k` must be in [0, M], got {k}")
         return scores.new_empty(scores.shape[0], k), scores.new_empty(scores.shape[0], k, dtype=torch.long)

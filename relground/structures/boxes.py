@@ -6,7 +6,9 @@ the one of the native kernels (``csrc/include/relground/box_math.h``), operation
 
 * a box with ``x2 < x1`` or ``y2 < y1`` has area 0;
 * ``inter = max(0, min(x2) - max(x1)) * max(0, min(y2) - max(y1))``, ``union = area1 + area2 - inter``;
-* a pair whose union is not positive (two zero-area boxes, or a NaN coordinate) gets IoU 0, never NaN.
+* a pair whose union is not positive (two zero-area boxes, or a NaN coordinate) gets IoU 0, never NaN;
+* finite boxes whose areas overflow the dtype (float32 coordinates ~1e19) are rescaled first (extents halved and
+  divided by the pair's largest), so they get a finite IoU (1 for identical boxes); other pairs are untouched.
 
 For valid boxes (``x1 <= x2``, ``y1 <= y2``) with a positive union this equals ``torchvision.ops.box_iou``
 bit for bit in float64.
@@ -51,7 +53,33 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     inter = wh[..., 0] * wh[..., 1]  # [B, N, M]
     union = area1[:, :, None] + area2[:, None, :] - inter
     iou = torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter))
+    overflow = area1.isinf()[:, :, None] | area2.isinf()[:, None, :] | inter.isinf() | union.isinf()  # [B, N, M]
+    # Finite boxes whose areas overflow the dtype: the native kernels' rescaled rule. Always computed and selected,
+    # never branched on, so the function reads no device value (no host sync; compiles without a graph break).
+    iou = torch.where(overflow, _iou_rescaled(boxes1, boxes2), iou)
     return iou[0] if squeeze else iou
+
+
+def _iou_rescaled(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU without overflow, ``[B, N, 4] x [B, M, 4] -> [B, N, M]``: ``iou_rescaled`` of ``box_math.h``.
+
+    IoU is scale-invariant: the extents are halved (``x2 / 2 - x1 / 2`` cannot overflow) and divided by the
+    pair's largest one before any product; a non-finite result (an infinite coordinate) gives 0.
+    """
+    a, b = boxes1[:, :, None, :], boxes2[:, None, :, :]  # [B, N, 1, 4], [B, 1, M, 4]
+    aw, ah = (a[..., 2] * 0.5 - a[..., 0] * 0.5).clamp(min=0), (a[..., 3] * 0.5 - a[..., 1] * 0.5).clamp(min=0)
+    bw, bh = (b[..., 2] * 0.5 - b[..., 0] * 0.5).clamp(min=0), (b[..., 3] * 0.5 - b[..., 1] * 0.5).clamp(min=0)
+    iw = (torch.minimum(a[..., 2], b[..., 2]) * 0.5 - torch.maximum(a[..., 0], b[..., 0]) * 0.5).clamp(min=0)
+    ih = (torch.minimum(a[..., 3], b[..., 3]) * 0.5 - torch.maximum(a[..., 1], b[..., 1]) * 0.5).clamp(min=0)
+    aw, ah, bw, bh = torch.broadcast_tensors(aw, ah, bw, bh)
+    scale = torch.maximum(torch.maximum(aw, ah), torch.maximum(bw, bh))  # [B, N, M]
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    aw, ah, bw, bh, iw, ih = (v / safe for v in (aw, ah, bw, bh, iw, ih))
+    inter = iw * ih
+    union = aw * ah + bw * bh - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter))
+    ok = (scale > 0) & (iou >= 0) & (iou <= 1)
+    return torch.where(ok, iou, torch.zeros_like(iou))
 
 
 def box_iou_single(a: Sequence[float], b: Sequence[float]) -> float:
@@ -73,4 +101,8 @@ def box_iou_single(a: Sequence[float], b: Sequence[float]) -> float:
         return 0.0
     # iw > 0 and ih > 0 imply both boxes have positive extents: no clamping needed for the areas.
     inter = iw * ih
-    return inter / ((ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter)
+    iou = inter / ((ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter)
+    if iou == iou:  # not NaN: no overflow (an overflowing area gives inf - inf or inf / inf)
+        return iou
+    return float(_iou_rescaled(torch.tensor([[[ax1, ay1, ax2, ay2]]], dtype=torch.float64),
+                               torch.tensor([[[bx1, by1, bx2, by2]]], dtype=torch.float64)))

@@ -8,8 +8,11 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from relground.data.flickr30k import load_flickr30k
+from relground.language.vocab import PHRASE_SPECIALS, Vocabulary, tokenize
 from tests.utils import FIXTURES, REPO, SHARED_DATA
 
 # Unpacked real annotations live outside the checkout and are shared by every test run on the machine.
@@ -76,7 +79,6 @@ DETECTOR_CLASSES = ["man", "woman", "dog", "shirt", "water", "rock", "grass", "s
 
 def write_smooth_jpeg(path: Path, width: int, height: int, seed: int, quality: int = 90) -> None:
     """A JPEG with low-frequency content (upsampled noise), closer to a photo than white noise."""
-    import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -92,7 +94,6 @@ def make_grounding_root(tmp_path: Path, split: str = "test", proposals_per_image
     Returns:
         tuple: ``(root, proposals_path)``.
     """
-    import numpy as np
 
     from relground.data.flickr30k import load_flickr30k
     from relground.data.proposals import ProposalSet, write_proposals
@@ -113,3 +114,23 @@ def make_grounding_root(tmp_path: Path, split: str = "test", proposals_per_image
                                            image.width, image.height)
     proposals = write_proposals(root / f"proposals_{split}.h5", sets, DETECTOR_CLASSES)
     return root, proposals
+
+
+# One 0..255 grey level in normalised units (the smallest std), for comparing image decoders.
+GREY_LEVEL = {"caffe_bgr": 1.0, "torchvision": 1 / (255 * 0.229)}
+
+
+def fake_prior(phrase_words):
+    """A deterministic stand-in for the category prior: [P, len(DETECTOR_CLASSES)]."""
+    return np.arange(len(phrase_words) * len(DETECTOR_CLASSES), dtype=np.float32).reshape(len(phrase_words), -1) % 5
+
+
+@pytest.fixture(scope="module")
+def grounding_parts(tmp_path_factory):
+    """(images, proposals file, caption vocabulary, phrase vocabulary) of a small JPEG grounding root."""
+    root, proposals = make_grounding_root(tmp_path_factory.mktemp("grounding"))
+    images = load_flickr30k(root, "test")
+    captions = Vocabulary.build([tokenize(s.text) for im in images for s in im.sentences])
+    phrases = Vocabulary.build([tokenize(p.text) for im in images for s in im.sentences for p in s.phrases],
+                               specials=PHRASE_SPECIALS)
+    return images, proposals, captions, phrases

@@ -8,30 +8,16 @@ import pytest
 import torch
 
 from relground.data.dataset import GroundingDataset
-from relground.data.flickr30k import load_flickr30k
 from relground.data.proposals import ProposalStore
-from relground.language.vocab import PHRASE_SPECIALS, Vocabulary, tokenize
-from tests.data.conftest import DETECTOR_CLASSES, make_grounding_root
+from tests.data.conftest import GREY_LEVEL, fake_prior
 
 pytest.importorskip("nvidia.dali", reason="nvidia-dali-cuda130 not installed")
 from relground.data.dali import PIL_TOLERANCE, DaliGroundingLoader  # noqa: E402
 
 MIN_SIZE, MAX_SIZE, M = 64, 100, 10
-GREY_LEVEL = {"caffe_bgr": 1.0, "torchvision": 1 / (255 * 0.229)}  # one 0..255 level in normalised units (min std)
-
-
-def fake_prior(phrase_words):
-    return np.arange(len(phrase_words) * len(DETECTOR_CLASSES), dtype=np.float32).reshape(len(phrase_words), -1) % 5
-
-
 @pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    root, proposals = make_grounding_root(tmp_path_factory.mktemp("dali"))
-    images = load_flickr30k(root, "test")
-    captions = Vocabulary.build([tokenize(s.text) for im in images for s in im.sentences])
-    phrases = Vocabulary.build([tokenize(p.text) for im in images for s in im.sentences for p in s.phrases],
-                               specials=PHRASE_SPECIALS)
-    return images, proposals, captions, phrases
+def parts(grounding_parts):
+    return grounding_parts
 
 
 def datasets(parts, pixel_format):

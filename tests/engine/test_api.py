@@ -26,15 +26,57 @@ def test_markup_caption_uses_annotated_phrases():
         split_caption("   ")
 
 
-def test_plain_caption_uses_spacy_noun_chunks():
+def test_plain_caption_uses_entity_phrases():
     parsed = split_caption("A man throws a red ball to his  dog.")
-    assert parsed.source == "noun_chunks"
+    assert parsed.source == "entities"
     assert parsed.words == ["A", "man", "throws", "a", "red", "ball", "to", "his", "dog", "."]
     assert [(p.first_word_index, p.num_words, p.text) for p in parsed.phrases] == [
         (0, 2, "A man"), (3, 3, "a red ball"), (7, 2, "his dog"),
     ]
     for p in parsed.phrases:  # spans and texts agree with the word list
         assert " ".join(parsed.words[p.first_word_index : p.first_word_index + p.num_words]) == p.text
+
+
+@pytest.mark.parametrize(
+    "caption, expected",
+    [
+        # the spatial noun of "to the left of" is part of the relation, not a phrase (spaCy's noun chunks hold it)
+        ("the violet cross to the left of the big blue square", ["the violet cross", "the big blue square"]),
+        ("A red circle on top of a green triangle .", ["A red circle", "a green triangle"]),
+        # SceneGraphParser folds "in front of" into the relation
+        ("a woman standing in front of a building", ["a woman", "a building"]),
+        ("Quickly !", []),
+    ],
+)
+def test_plain_caption_phrases_are_the_relation_entities(caption, expected):
+    from relground.language.relations import align_relations, load_parser, parse_caption
+    from relground.structures.records import PhraseAnnotation, SentenceAnnotation
+
+    parsed = split_caption(caption)
+    assert [p.text for p in parsed.phrases] == expected
+    if len(expected) == 2:  # the relation parsed from the caption joins exactly these two phrases
+        phrases = [PhraseAnnotation(p.first_word_index, p.text, str(i), ("other",), (0.0, 0.0, 1.0, 1.0))
+                   for i, p in enumerate(parsed.phrases)]
+        sentence = SentenceAnnotation(0, " ".join(parsed.words), parsed.words, phrases)
+        assert [(s, o) for s, o, _ in align_relations(sentence, parse_caption(load_parser(), sentence.text))] == [(0, 1)]
+
+
+def test_phrases_given_as_spans_or_strings():
+    caption = "A dog jumps over a dog on the grass ."
+    words = ["A", "dog", "jumps", "over", "a", "dog", "on", "the", "grass", "."]
+    by_span = split_caption(caption, [(4, 2), (7, 2)])
+    assert by_span.source == "given" and by_span.words == words
+    assert [(p.first_word_index, p.num_words, p.text) for p in by_span.phrases] == [(4, 2, "a dog"), (7, 2, "the grass")]
+    by_text = split_caption(caption, ["THE GRASS", "a dog", "grass."])  # first occurrence, case-insensitive, spaCy words
+    assert [(p.first_word_index, p.num_words) for p in by_text.phrases] == [(7, 2), (0, 2), (8, 2)]
+    with pytest.raises(ValueError, match=r"phrases\[1\]: 'a cat' is not in the caption"):
+        split_caption(caption, ["a dog", "a cat"])
+    with pytest.raises(ValueError, match=r"phrases\[0\]: span \(9, 2\) is outside"):
+        split_caption(caption, [(9, 2)])
+    with pytest.raises(ValueError, match=r"phrases\[0\]: expected a string or"):
+        split_caption(caption, [3])
+    with pytest.raises(ValueError, match="phrases: the caption already marks"):
+        split_caption("[/EN#1/people A man] runs .", ["A man"])
 
 
 @pytest.mark.parametrize("width, height", [(640, 480), (101, 333)])
@@ -106,13 +148,19 @@ def test_grounder_sliding_windows_and_no_stale_features(demo):
     b = grounder.ground(second.image_path, caption)
     fresh = Grounder.from_checkpoint(demo / "full").ground(second.image_path, caption)
     assert b == fresh and b != a  # the first image's cached features were not reused for the second
-    assert grounder.ground(first.image_path, "Quickly !") == []  # no noun chunk: nothing to ground
+    assert grounder.ground(first.image_path, "Quickly !") == []  # no entity: nothing to ground
+    only = grounder.ground(second.image_path, caption, phrases=["a blue square"])
+    assert [(p.text, p.first_word_index) for p in only] == [("a blue square", 7)]
+    spans = grounder.ground(second.image_path, caption, phrases=[(7, 3), (0, 3)])
+    assert [p.text for p in spans] == ["a blue square", "A red circle"]
 
 
 def test_grounder_checkpoint_errors(tmp_path):
 
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        Grounder.from_checkpoint(tmp_path / "nowhere")
+    for missing in (tmp_path / "nowhere", tmp_path):  # no file; a folder without checkpoints
+        with pytest.raises(FileNotFoundError, match=r"Grounder.from_checkpoint: path=.*is neither") as error:
+            Grounder.from_checkpoint(missing)
+        assert str(missing) in str(error.value) and "--" not in str(error.value)  # its own argument, not the CLI's
     torch.save({"weights": 1}, tmp_path / "not_ours.pth")
     with pytest.raises(ValueError, match="not a relground checkpoint"):
         Grounder.from_checkpoint(tmp_path / "not_ours.pth")

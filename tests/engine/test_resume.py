@@ -147,3 +147,16 @@ def test_sigterm_checkpoints_then_resume_is_exact(tmp_path, uninterrupted, capsy
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def test_ranks_that_would_resume_from_different_checkpoints_stop_with_a_message(monkeypatch):
+    from pathlib import Path
+
+    from relground.engine import defaults
+
+    # two ranks' choices, as all_gather_object would return them
+    monkeypatch.setattr(defaults.du, "all_gather_object", lambda obj: [obj, ("model_0000004.pth", 4)])
+    with pytest.raises(ValueError, match="rank 0: model_0000006.pth; rank 1: model_0000004.pth"):
+        defaults.check_ranks_resume_alike(Path("/run/checkpoints/model_0000006.pth"), {"iteration": 6})
+    monkeypatch.setattr(defaults.du, "all_gather_object", lambda obj: [obj, obj])
+    defaults.check_ranks_resume_alike(Path("/run/checkpoints/model_0000006.pth"), {"iteration": 6})  # agree: no error

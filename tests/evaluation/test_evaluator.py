@@ -21,12 +21,11 @@ from relground.evaluation.evaluator import (
     evaluate_predictions,
     evaluation_phrases,
     grounding_metrics,
-    load_predictions,
     paired_iou,
     proposal_upper_bound,
-    save_predictions,
 )
 from relground.evaluation.inference import evaluate_model
+from relground.evaluation.predictions import load_predictions, save_predictions
 from relground.evaluation.visualize import PALETTE, draw_groundings, plot_accuracy_vs_iou
 from tests.utils import SHARED_DATA, needs_shared_data
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import relground
 from relground.ops import pairwise_iou
+from tests.ops._hypothesis import given, settings, st  # skips only the property tests without it
 from tests.ops.op_tester import OpTester, SampleInput, assert_outputs_close
 from tests.utils import cpu_and_cuda
 

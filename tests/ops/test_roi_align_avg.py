@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import relground
 from relground.ops import roi_align_avg
+from tests.ops._hypothesis import HealthCheck, given, settings, st  # skips only the property tests without it
 from tests.ops.op_tester import OpTester, SampleInput, assert_outputs_close
 from tests.utils import cpu_and_cuda
 
@@ -197,7 +196,9 @@ class TestRoIAlignAvg(OpTester):
         input = make_input(2, 3, 5, 6, generator, device, torch.float64, channels_last).requires_grad_()
         rois = random_rois(4, 2, 5, 6, 1.0, generator, device, torch.float64)
         op = lambda x: roi_align_avg(x, rois, 2, 1.0, sampling_ratio, aligned)  # noqa: E731
-        torch.autograd.gradcheck(op, (input,), fast_mode=True)
+        # The CUDA backward accumulates with atomics: its float64 sums may differ in the last bits between runs.
+        nondet_tol = 1e-12 if device == "cuda" else 0.0
+        torch.autograd.gradcheck(op, (input,), fast_mode=True, nondet_tol=nondet_tol)
 
     @pytest.mark.parametrize("device", cpu_and_cuda())
     @pytest.mark.parametrize("channels_last", [False, True])

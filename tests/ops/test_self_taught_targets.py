@@ -6,12 +6,11 @@ import math
 import pytest
 import torch
 import torchvision
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from torchvision.models.detection._utils import BoxCoder
 
 import relground
 from relground.ops import self_taught_targets
+from tests.ops._hypothesis import given, settings, st  # skips only the property tests without it
 from tests.ops.op_tester import OpTester, SampleInput, assert_outputs_close
 from tests.ops.test_pairwise_iou import iou_float64, random_boxes
 from tests.ops.test_topk_select import random_valid

@@ -32,8 +32,41 @@ C10_HOST_DEVICE inline T clamped_area(T x1, T y1, T x2, T y2) {
   return w * h;
 }
 
+// True for +inf and -inf only (NaN is not infinite). Spelled out so that it means the same on host and device.
+template <typename T>
+C10_HOST_DEVICE inline bool is_infinite(T x) {
+  return x == x && (x - x) != (x - x);
+}
+
+// Non-negative part of `v` (NaN stays NaN).
+template <typename T>
+C10_HOST_DEVICE inline T clamp_min_zero(T v) {
+  return v < T(0) ? T(0) : v;
+}
+
+// IoU of boxes a and b with finite coordinates whose areas overflow T (e.g. float32 boxes with coordinates ~1e19):
+// IoU is scale-invariant, so the extents are halved (x2/2 - x1/2 cannot overflow) and divided by the largest one
+// before any product. Same rule as the fast path: 0 for an empty union; a NaN/inf result (an infinite
+// coordinate) gives 0.
+template <typename T>
+C10_HOST_DEVICE inline T iou_rescaled(T ax1, T ay1, T ax2, T ay2, T bx1, T by1, T bx2, T by2) {
+  const T half = T(0.5);
+  T aw = clamp_min_zero(ax2 * half - ax1 * half), ah = clamp_min_zero(ay2 * half - ay1 * half);
+  T bw = clamp_min_zero(bx2 * half - bx1 * half), bh = clamp_min_zero(by2 * half - by1 * half);
+  T iw = clamp_min_zero(std_min(ax2, bx2) * half - std_max(ax1, bx1) * half);
+  T ih = clamp_min_zero(std_min(ay2, by2) * half - std_max(ay1, by1) * half);
+  const T scale = std_max(std_max(aw, ah), std_max(bw, bh));
+  if (!(scale > T(0))) return T(0);
+  aw /= scale, ah /= scale, bw /= scale, bh /= scale, iw /= scale, ih /= scale;
+  const T inter = iw * ih;
+  const T uni = aw * ah + bw * bh - inter;
+  const T iou = uni > T(0) ? inter / uni : T(0);
+  return iou >= T(0) && iou <= T(1) ? iou : T(0);
+}
+
 // IoU of boxes a and b given their clamped areas (so a caller pairing one box with many computes its area once).
-// An empty or NaN union gives 0, never NaN: two zero-area boxes do not overlap.
+// An empty or NaN union gives 0, never NaN: two zero-area boxes do not overlap. Finite boxes whose areas overflow
+// T take the rescaled path (finite IoU, 1 for identical boxes); every other pair is computed exactly as before.
 template <typename T>
 C10_HOST_DEVICE inline T iou_from_areas(T ax1, T ay1, T ax2, T ay2, T area_a, T bx1, T by1, T bx2, T by2, T area_b) {
   T iw = std_min(ax2, bx2) - std_max(ax1, bx1);
@@ -42,6 +75,9 @@ C10_HOST_DEVICE inline T iou_from_areas(T ax1, T ay1, T ax2, T ay2, T area_a, T 
   ih = ih < T(0) ? T(0) : ih;
   const T inter = iw * ih;
   const T uni = area_a + area_b - inter;
+  if (is_infinite(area_a) || is_infinite(area_b) || is_infinite(inter) || is_infinite(uni)) {
+    return iou_rescaled(ax1, ay1, ax2, ay2, bx1, by1, bx2, by2);
+  }
   return uni > T(0) ? inter / uni : T(0);
 }
 

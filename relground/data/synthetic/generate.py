@@ -12,11 +12,18 @@ from typing import Optional
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from relground.data.catalog import TWINS_FILE
 from relground.data.proposals import write_proposals
 from relground.data.synthetic.layout import generate_image
-from relground.data.synthetic.vocabulary import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, MIN_IMAGES, RELATIONS, SHAPES
+from relground.data.synthetic.vocabulary import (
+    MAX_IMAGE_SIZE,
+    MIN_IMAGE_SIZE,
+    MIN_IMAGES,
+    RELATIONS,
+    SHAPES,
+)
 
 
 def _init_worker() -> None:
@@ -88,7 +95,6 @@ def generate_synthetic(out, num_images: int = 2000, seed: int = 0, image_size: i
         iterator = pool.map(generate_image, tasks, chunksize=max(1, num_images // (workers * 8)))
     try:
         if progress:
-            from tqdm import tqdm
 
             iterator = tqdm(iterator, total=num_images, desc="synth", unit="img", file=sys.stderr)
         results = list(iterator)

@@ -1,0 +1,288 @@
+"""Training-step benchmark: whole optimizer steps timed with the real loader, and with one batch already on the device.
+
+What a step costs is split by explicit timers (synchronised on CUDA) into ``data`` (waiting for the loader),
+``backbone`` (image maps and box pooling, the per-box layer4 of the faithful head included), ``heads`` (the rest of
+the forward), ``losses``, ``backward`` and ``optimizer``. The model starts from random weights (timing needs
+none). ``--synthetic-shapes`` writes a dataset in the Flickr30K layout at chosen shapes (default the paper's:
+~600 x 1000 JPEGs, 50 proposals, 5 captions per image) into a temporary folder, so no dataset is needed::
+
+    result = run_benchmark(cfg, steps=10, warmup=2)      # cfg: relground.config.Config
+    result["pairs_per_s"], result["paper_schedule_hours"]
+
+The projection: ``PAPER_ITERATIONS x PAPER_PAIRS_PER_STEP / pairs_per_s`` (the authors' 80,000 steps of 40 pairs),
+from the loader phase (what training sees).
+"""
+from __future__ import annotations
+
+import dataclasses
+import resource
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from relground.config import Config, apply_overrides
+from relground.data.synthetic.shapes import SyntheticShapes
+from relground.engine.defaults import build_model, build_train_loader
+from relground.engine.solver import build_lr_scheduler, build_optimizer
+from relground.utils.env import intra_op_threads, resolve_amp_dtype, resolve_device, seed_all
+
+PAPER_ITERATIONS = 80_000
+PAPER_PAIRS_PER_STEP = 40
+PHASES = ("data", "backbone", "heads", "losses", "backward", "optimizer")
+def synthetic_shapes_config(cfg: Config, root: str | Path, shapes: SyntheticShapes) -> Config:
+    """``cfg`` reading the dataset :func:`write_synthetic_shapes` wrote to ``root`` (images kept at their size)."""
+    short, long = min(shapes.height, shapes.width), max(shapes.height, shapes.width)
+    return apply_overrides(
+        cfg,
+        [
+            "data.dataset=flickr30k",
+            f"data.root={root}",
+            "data.proposals={root}/proposals.h5",
+            "data.relations={root}/relations_{split}.json" if cfg.model.loss.relation else "data.relations=",
+            "data.images=",
+            f"data.max_proposals={shapes.proposals}",
+            f"data.min_size={short}",
+            f"data.max_size={long}",
+        ],
+    )
+
+
+class _StepTimer:
+    """Accumulates wall time per phase; on CUDA each boundary synchronises so a phase owns its kernels."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.totals: dict[str, float] = defaultdict(float)
+        self.enabled = True
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        self.sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sync()
+            self.totals[name] += time.perf_counter() - start
+
+
+def _wrap(obj: Any, method: str, timer: _StepTimer, phase: str, counter: Optional[list[int]] = None) -> None:
+    """Time ``obj.method`` under ``phase`` (an instance attribute shadows the class method); nested calls count once."""
+    original = getattr(obj, method)
+
+    def timed(*args, **kwargs):
+        if getattr(timer, "_inside", None) == phase:
+            return original(*args, **kwargs)
+        timer._inside = phase
+        try:
+            with timer.phase(phase):
+                return original(*args, **kwargs)
+        finally:
+            timer._inside = None
+
+    setattr(obj, method, timed)
+
+
+def _instrument(model: nn.Module, timer: _StepTimer, images_seen: list[int]) -> None:
+    backbone = model.backbone
+    for method in ("shared_image_maps", "box_features", "box_grid_features", "box_features_with_grid"):
+        _wrap(backbone, method, timer, "backbone")
+    _wrap(model, "_losses", timer, "losses")
+    maps_of = backbone._maps_of
+
+    def counted(images):
+        images_seen.append(images.shape[0])
+        return maps_of(images)
+
+    backbone._maps_of = counted
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _time_steps(
+    step: Callable[[Any], None],
+    next_batch: Callable[[], Any],
+    steps: int,
+    warmup: int,
+    timer: _StepTimer,
+    images_seen: list[int],
+    pairs_seen: list[int],
+) -> dict[str, Any]:
+    for _ in range(warmup):
+        step(next_batch())
+    timer.totals.clear()
+    images_seen.clear()
+    pairs_seen.clear()
+    timer.sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        with timer.phase("data"):
+            batch = next_batch()
+        step(batch)
+    timer.sync()
+    elapsed = time.perf_counter() - start
+    step_ms = 1000 * elapsed / steps
+    # heads_ms is filled in by _split_heads: the forward is timed whole, the backbone and the losses inside it
+    phases = {name: 1000 * timer.totals.get(name, 0.0) / steps for name in (*PHASES, "forward_total")}
+    pairs = sum(pairs_seen) / steps
+    return {
+        "step_ms": step_ms,
+        "pairs_per_step": pairs,
+        "pairs_per_s": pairs / (elapsed / steps),
+        "backbone_images_per_step": sum(images_seen) / steps,
+        **{f"{name}_ms": value for name, value in phases.items()},
+    }
+
+
+def run_benchmark(
+    cfg: Config,
+    steps: int = 10,
+    warmup: int = 2,
+    compile: bool = False,
+    device_batch: bool = True,
+    share_maps: bool = True,
+) -> dict[str, Any]:
+    """Time ``steps`` optimizer steps (after ``warmup``) of the training configuration ``cfg``.
+
+    Args:
+        cfg: the experiment config (``data.*`` must point at a dataset; see :func:`write_synthetic_shapes`).
+        steps, warmup: timed and untimed steps per phase.
+        compile: run the model's training forward and losses through ``torch.compile(fullgraph=True)``
+            (:meth:`ReIR.compile_step`; turns ``model.static_shapes`` on; the phase split is then not measured).
+        device_batch: also time steps on one batch already on the device (no loader).
+        share_maps: captions of one image share its backbone pass (False: one pass per pair, as before grouping
+            existed; for comparisons).
+
+    Returns:
+        dict with the loader phase's ``pairs_per_s``, ``step_ms``, ``data_ms``, ``backbone_ms``, ``heads_ms``,
+        ``losses_ms``, ``backward_ms``, ``optimizer_ms``, ``pairs_per_step``, ``backbone_images_per_step``,
+        ``paper_schedule_hours``, ``peak_memory_mb`` (CUDA: peak allocated; CPU: peak RSS of the process), the
+        device-batch phase under ``device_batch`` (same keys, or None), and ``device``, ``amp``, ``head``,
+        ``compiled``, ``steps``, ``warmup``, ``captions_per_image``, ``fold_backbone_bn``, ``channels_last``.
+    """
+    if compile and not cfg.model.static_shapes:  # the default step reads counts on the host: not compilable whole
+        cfg = dataclasses.replace(cfg, model=cfg.model.replace(static_shapes=True))
+    device = resolve_device(cfg.train.device)
+    amp_dtype = resolve_amp_dtype(cfg.train.amp, device)
+    with intra_op_threads(cfg.train.threads if device.type == "cpu" else 0):
+        seed_all(cfg.seed)
+        loader, model_args = build_train_loader(cfg)
+        model = build_model(cfg, model_args, word_vectors=False).to(device)  # random weights: timing needs none
+        model.train()
+        model.backbone.share_maps = share_maps
+        optimizer = build_optimizer(cfg.solver, model)
+        scheduler = build_lr_scheduler(cfg.solver, optimizer)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        timer = _StepTimer(device)
+        images_seen: list[int] = []
+        pairs_seen: list[int] = []
+        forward = model
+        if compile:
+            model.compile_step()
+            timer.enabled = False  # timers inside a compiled graph would break it
+        else:
+            _instrument(model, timer, images_seen)
+        iteration = [0]
+
+        def step(batch) -> None:
+            pairs_seen.append(batch.batch_size)
+            optimizer.zero_grad(set_to_none=True)
+            with timer.phase("forward_total"):
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    out = forward(batch, iteration=iteration[0])
+            # one host read of the losses a step, as the trainer's NaN guard
+            torch.stack([v.detach().reshape(()).double() for v in (out.total_loss, *out.losses.values())]).tolist()
+            with timer.phase("backward"):
+                scaler.scale(out.total_loss).backward()
+            with timer.phase("optimizer"):
+                if cfg.solver.clip_grad_norm is not None:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.solver.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+            iteration[0] += 1
+
+        batches = _endless(loader)
+
+        def next_loader_batch():
+            return next(batches).to(device, non_blocking=True)
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        result = _time_steps(step, next_loader_batch, steps, warmup, timer, images_seen, pairs_seen)
+        _split_heads(result, compile)
+        on_device = None
+        if device_batch:
+            fixed = next_loader_batch()
+            on_device = _time_steps(step, lambda: fixed, steps, warmup, timer, images_seen, pairs_seen)
+            _split_heads(on_device, compile)
+            if compile:
+                on_device["backbone_images_per_step"] = None
+        if compile:
+            result["backbone_images_per_step"] = None
+        result.update(
+            paper_schedule_hours=PAPER_ITERATIONS * PAPER_PAIRS_PER_STEP / result["pairs_per_s"] / 3600,
+            peak_memory_mb=_peak_memory_mb(device),
+            device=_device_name(device),
+            amp=cfg.train.amp,
+            head=cfg.model.box_head,
+            backbone=cfg.model.backbone,
+            compiled=bool(compile),
+            steps=steps,
+            warmup=warmup,
+            captions_per_image=cfg.data.captions_per_image,
+            share_maps=share_maps,
+            fold_backbone_bn=cfg.model.fold_backbone_bn,
+            static_shapes=cfg.model.static_shapes,
+            channels_last=cfg.model.channels_last,
+            cache_features=cfg.model.cache_features,
+            num_workers=cfg.data.num_workers,
+            threads=cfg.train.threads if device.type == "cpu" else None,
+            device_batch=on_device,
+        )
+        return result
+
+
+def _split_heads(result: dict[str, Any], compiled: bool) -> None:
+    """``heads_ms`` = forward - backbone - losses (the forward was timed whole); None when compiled."""
+    forward = result.pop("forward_total_ms", None)
+    if compiled:
+        for name in ("backbone", "heads", "losses", "backward", "optimizer"):
+            result[f"{name}_ms"] = None
+        return
+    if forward is not None:
+        result["heads_ms"] = max(0.0, forward - result["backbone_ms"] - result["losses_ms"])
+
+
+def _endless(loader) -> Iterator[Any]:
+    epoch = 0
+    while True:
+        sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None) or getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
