@@ -157,9 +157,11 @@ def test_a_built_package_carries_the_configs(tmp_path):
     import sys
 
     env = dict(os.environ, RELGROUND_SKIP_EXT="1", FORCE_ONLY_CPU="1")
-    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "-d", str(tmp_path)], cwd=REPO, env=env, check=True,
-                   capture_output=True)
-    shipped = sorted(p.name for p in (tmp_path / "relground" / "configs").glob("*.yaml"))
+    # egg_info into tmp_path: a relground.egg-info left in the checkout would shadow the installed metadata
+    (tmp_path / "egg").mkdir()
+    subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path / "egg"), "build_py", "-d",
+                    str(tmp_path / "build")], cwd=REPO, env=env, check=True, capture_output=True)
+    shipped = sorted(p.name for p in (tmp_path / "build" / "relground" / "configs").glob("*.yaml"))
     assert shipped == sorted(p.name for p in (REPO / "configs").glob("*.yaml")) and "synthetic.yaml" in shipped
 
 
