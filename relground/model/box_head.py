@@ -141,23 +141,43 @@ class BoxHead(nn.Module):
             map_index, maps = maps.index[batch_index], maps.maps
         rois = torch.cat((map_index[:, None].to(boxes.dtype), boxes[batch_index, box_index]), dim=1).detach()
         geometry = spatial_features(boxes, image_sizes)[batch_index, box_index] if self.spatial_feature else None
-        grid = None
-        if return_pooled and self.regression_grid:
-            average, grid = backbone.box_features_with_grid(maps, rois, self.regression_grid)  # [N, C5], [N, C5 g g]
-        else:
-            average = backbone.box_features(maps, rois)  # [N, C5]
-        pooled = self._with_geometry(average, geometry, self.input_norm, running_stats)
-        hidden = torch.relu(self.fc(pooled))  # [N, d]
+        hidden, pooled = self._pool_rows(backbone, maps, rois, geometry, running_stats, return_pooled)  # [N, d], [N, *]
         full = hidden.new_zeros((B, X, hidden.shape[1]))
         full[batch_index, box_index] = hidden
         features = masked_batch_norm(self.norm, full, valid, running_stats)  # BatchNorm over the real boxes only
         if not return_pooled:
             return features
-        if grid is not None:
-            pooled = self._with_geometry(grid, geometry, self.grid_norm, running_stats)
         pooled_full = pooled.new_zeros((B, X, pooled.shape[1]))
         pooled_full[batch_index, box_index] = pooled
         return features, pooled_full
+
+    def _pool_rows(
+        self,
+        backbone: ResNetBackbone,
+        maps: Tensor,
+        rois: Tensor,
+        geometry: Optional[Tensor],
+        running_stats: bool,
+        return_pooled: bool,
+        rows: Optional[Tensor] = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The rows of ``rois`` [N, 5] through RoI pooling, geometry, input norm and F_cls's Linear + ReLU.
+
+        Shared by both forms of :meth:`forward`, which differ only in which rows they pool and how the rows return
+        to [B, X]. Returns ``(hidden [N, d], pooled)``: ``pooled`` is the feature F_reg may read (the grid feature
+        with ``regression_grid`` and ``return_pooled``, else the Linear layer's input). ``rows`` (bool [N]): the
+        real boxes among the rows, for the norms (None = every row).
+        """
+        grid = None
+        if return_pooled and self.regression_grid:
+            average, grid = backbone.box_features_with_grid(maps, rois, self.regression_grid)  # [N, C5], [N, C5 g g]
+        else:
+            average = backbone.box_features(maps, rois)  # [N, C5]
+        pooled = self._with_geometry(average, geometry, self.input_norm, running_stats, rows)
+        hidden = torch.relu(self.fc(pooled))  # [N, d]
+        if grid is not None:
+            pooled = self._with_geometry(grid, geometry, self.grid_norm, running_stats, rows)
+        return hidden, pooled
 
     def _forward_static(
         self,
@@ -178,20 +198,13 @@ class BoxHead(nn.Module):
         map_index = map_index[:, None].expand(B, X).reshape(B * X, 1).to(boxes.dtype)
         rois = torch.cat((map_index, boxes.reshape(B * X, 4)), dim=1).detach()  # [N, 5]
         geometry = spatial_features(boxes, image_sizes).reshape(B * X, -1) if self.spatial_feature else None
-        grid = None
-        if return_pooled and self.regression_grid:
-            average, grid = backbone.box_features_with_grid(maps, rois, self.regression_grid)
-        else:
-            average = backbone.box_features(maps, rois)  # [N, C5]
-        pooled = self._with_geometry(average, geometry, self.input_norm, running_stats, rows)
-        hidden = torch.relu(self.fc(pooled)).reshape(B, X, -1)  # [B, X, d]
+        hidden, pooled = self._pool_rows(backbone, maps, rois, geometry, running_stats, return_pooled, rows)
+        hidden = hidden.reshape(B, X, -1)  # [B, X, d]
         zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
         hidden = torch.where(valid[..., None], hidden, zero)
         features = masked_batch_norm_static(self.norm, hidden, valid, running_stats)  # over the real boxes only
         if not return_pooled:
             return features
-        if grid is not None:
-            pooled = self._with_geometry(grid, geometry, self.grid_norm, running_stats, rows)
         pooled = pooled.reshape(B, X, -1)
         pooled = torch.where(valid[..., None], pooled, torch.zeros((), dtype=pooled.dtype, device=pooled.device))
         return features, pooled
