@@ -9,7 +9,8 @@
 # the ops | CUDA smoke tests (one bf16 training step of the full model, the evaluator) | op benchmarks | training-step
 # benchmarks at the paper's shapes (ResNet-101, 40 pairs of 600x1000, M = 50): faithful fp32 (the authors' setting),
 # faithful bf16, fast bf16, and the fastest configuration (fast bf16, 5 captions per image, folded BN,
-# channels_last, torch.compile, JPEGs decoded by nvJPEG and resized on the GPU: data.loader=torchvision).
+# channels_last, torch.compile, JPEGs decoded by nvJPEG and resized on the GPU: data.loader=torchvision); then the
+# CUDA-graph step (train.cuda_graph: tests against eager steps, and fast bf16 with the step replayed from graphs).
 #
 # Optional wheels for packages missing there travel in .whl/ (git-ignored); without them the tests that need them
 # skip (hypothesis: only the property tests) and an old setuptools (< 77, PEP 639 license) is reported:
@@ -111,10 +112,12 @@ PYTEST=("$PY" -m pytest -q -p no:cacheprovider -p no:logging -rs)
 phase op_tests_cuda 75 "${PYTEST[@]}" tests/ops -k cuda
 phase smoke_cuda 75 "${PYTEST[@]}" tests/engine/test_benchmark.py -k cuda
 phase decode_cuda 60 "${PYTEST[@]}" tests/data/test_decode_paths.py -k cuda  # nvJPEG + side-stream prefetch vs PIL
+phase graph_cuda 90 "${PYTEST[@]}" tests/engine/test_cuda_graph.py -m needs_cuda  # replayed steps vs eager steps
 
 # ---- training-step benchmarks: each its own process and timeout; the JSON lines go to $OUT/train_step.jsonl ----
 if [[ $MODE == gpu ]]; then
-  BENCH=(--config flickr30k_reir.yaml --synthetic-shapes --steps 6 --warmup 2 --json
+  # the authors' code (= "faithful") at the paper's shapes; every step phase changes only speed options on it
+  BENCH=(--config flickr30k_reir_authors.yaml --synthetic-shapes --steps 6 --warmup 2 --json
          --set train.device=cuda --set model.refine_start_iteration=0 --set "data.num_workers=$(( $(nproc) > 8 ? 8 : $(nproc) ))")
   LIMIT=60
 else
@@ -136,9 +139,13 @@ if [[ $MODE == gpu ]]; then
   train_step step_fast_bf16 --set train.amp=bf16 --set model.box_head=fast
   LIMIT=100 train_step step_fastest --set train.amp=bf16 --set model.box_head=fast --set data.captions_per_image=5 \
     --set model.fold_backbone_bn=true --set model.channels_last=true --set data.loader=torchvision --compile
+  # one capture per bucketed batch shape (3 warm-up steps each) before the replays: a longer timeout
+  LIMIT=120 train_step step_cuda_graph --set train.amp=bf16 --set model.box_head=fast --set model.static_shapes=true \
+    --set data.shape_buckets=true --set train.cuda_graph=true
 else
   train_step step_today_cpu --per-pair-backbone
   train_step step_fastest_cpu --set data.captions_per_image=5 --set model.fold_backbone_bn=true
+  record step_cuda_graph skipped 0 "CPU mode: train.cuda_graph needs CUDA"
 fi
 
 # ---- op benchmarks (last: the training step matters more when the budget runs short) ----
@@ -169,6 +176,9 @@ for r in rows:
           f"{'-' if r.get('backbone_images_per_step') is None else r['backbone_images_per_step']:>7}"
           f"{r['peak_memory_mb']:9.0f}{'-' if dev is None else f'{dev:.1f}':>12}{r['paper_schedule_hours']:9.2f}")
 print(f"device: {rows[0]['device']}")
+for r in rows:
+    if r.get("cuda_graph_counts"):
+        print(f"{r['phase']}: CUDA-graph steps {r['cuda_graph_counts']} (captured / replayed / eager, warm-up included)")
 EOF
 fi
 failed=0

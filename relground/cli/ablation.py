@@ -25,7 +25,14 @@ def register(subparsers) -> None:
     p.add_argument("--images", type=int, default=DEFAULT_IMAGES, help=f"synthetic images (default {DEFAULT_IMAGES})")
     p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
                    help=f"training iterations per run (default {DEFAULT_ITERATIONS})")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic benchmark (default 0)")
+    benchmark = p.add_mutually_exclusive_group()
+    benchmark.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic benchmark (default 0)")
+    benchmark.add_argument("--data-seeds", default=None, metavar="D,D,...",
+                           help="one run per row and data seed d, on the benchmark of seed d with training seed d "
+                                "(data and training both varied; --seeds does not apply), e.g. 0,1,2")
+    p.add_argument("--multi-relation", type=float, default=0.0, metavar="P",
+                   help="the benchmark's share of multi-relation images, where a phrase relates to two others "
+                        "(relground data synth --multi-relation; 1 = a third of the related phrases; default 0)")
     p.add_argument("--rows", default=",".join(ROWS),
                    help=f"comma-separated rows to run (default all: {','.join(ROWS)})")
     add_experiment_arguments(p, applies_to="every run", json_line="one JSON object with every row")
@@ -39,7 +46,9 @@ def run(args) -> int:
 def _run(args) -> int:
     result = run_ablation(
         args.out, rows=[n.strip() for n in args.rows.split(",") if n.strip()], seeds=args.seeds, images=args.images,
-        iterations=args.iterations, data_seed=args.data_seed, config=args.config, overrides=args.overrides,
+        iterations=args.iterations, data_seed=args.data_seed, data_seeds=_integers("--data-seeds", args.data_seeds),
+        multi_relation=args.multi_relation,
+        config=args.config, overrides=args.overrides, method_from=args.method_from,
         log=progress_printer(quiet=args.json),
     )
     table = result.pop("table")
@@ -48,3 +57,12 @@ def _run(args) -> int:
     else:
         print(table)
     return 0
+
+
+def _integers(flag: str, text):
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{flag}: comma-separated integers expected, got {text!r}") from None

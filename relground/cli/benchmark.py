@@ -87,7 +87,7 @@ def format_report(result: dict) -> str:
     lines = [
         f"relground benchmark: {result['device']}, amp {result['amp']}, head {result['head']} ({result['backbone']}), "
         f"{result['pairs_per_step']:.0f} pairs/step, captions_per_image {result['captions_per_image']}, "
-        f"compiled {result['compiled']}",
+        f"compiled {result['compiled']}" + (", CUDA graphs" if result.get("cuda_graph") else ""),
         header,
     ]
     rows = [("loader", result)] + ([("device batch", result["device_batch"])] if result.get("device_batch") else [])

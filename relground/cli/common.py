@@ -6,9 +6,13 @@ from relground.utils.env import intra_op_threads
 
 
 def add_experiment_arguments(parser, applies_to: str, json_line: str) -> None:
-    """``--config``, ``--set``, ``--threads`` and ``--json``: the options every synthetic experiment takes."""
+    """``--config``, ``--method-from``, ``--set``, ``--threads`` and ``--json``: the options every synthetic
+    experiment takes."""
     parser.add_argument("--config", default=None,
                         help="base config: a YAML file or a shipped config name (default: synthetic.yaml)")
+    parser.add_argument("--method-from", default=None, metavar="CONFIG",
+                        help="train the method switches of this config (e.g. flickr30k_reir.yaml) at the base "
+                             "config's scale: relground.config.method")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help=f"config override for {applies_to}, repeatable")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,

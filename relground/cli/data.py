@@ -54,6 +54,12 @@ def register(subparsers) -> None:
     synth.add_argument("--images", type=int, default=2000)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--image-size", type=int, default=128, help="side of the square images in pixels")
+    synth.add_argument(
+        "--multi-relation", type=float, default=0.0, metavar="P",
+        help="probability that an image is a multi-relation image (identical triple told apart only by two "
+        "relations together; every relational caption relates its subject to two phrases); 1 puts about a third "
+        "of the related phrases in relation with two others. Default 0: the benchmark without the option",
+    )
     synth.add_argument("--json", action="store_true", help="print the measured properties as JSON")
     synth.set_defaults(func=run_synth)
 
@@ -145,7 +151,8 @@ def run_relations(args) -> int:
 
 def run_synth(args) -> int:
     """``relground data synth``: generate, then print the properties (``--json``: one JSON object)."""
-    props = generate_synthetic(args.out, args.images, args.seed, args.image_size, progress=not args.json)
+    props = generate_synthetic(args.out, args.images, args.seed, args.image_size, progress=not args.json,
+                               multi_relation=getattr(args, "multi_relation", 0.0))
     print(json.dumps(props, sort_keys=True) if args.json else format_properties(props))
     return 0
 

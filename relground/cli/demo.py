@@ -35,7 +35,7 @@ def run(args) -> int:
 def _run(args) -> int:
     summary = run_demo(
         args.out, images=args.images, iterations=args.iterations, seed=args.seed, examples=args.examples,
-        config=args.config, overrides=args.overrides, log=progress_printer(quiet=args.json),
+        config=args.config, overrides=args.overrides, method_from=args.method_from, log=progress_printer(quiet=args.json),
     )
     if args.json:
         print(json.dumps(summary))

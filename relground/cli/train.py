@@ -20,7 +20,9 @@ from relground.engine.defaults import train
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train ReIR from a YAML config", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="YAML config file, or a shipped config name: synthetic.yaml, flickr30k_reir.yaml, referit_reir.yaml")
+    p.add_argument("--config", required=True,
+                   help="YAML config file, or a shipped config name: synthetic.yaml, flickr30k_reir.yaml, "
+                        "flickr30k_reir_authors.yaml, flickr30k_reir_paper.yaml, referit_reir.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, repeatable (e.g. solver.max_iter=200, model.top_k=3)")
     p.add_argument("--output", help="run folder (overrides output_dir of the config)")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 DATASETS = ("flickr30k", "referit", "synthetic")
 PIXEL_FORMATS = ("caffe_bgr", "torchvision")
 LOADERS = ("pil", "dali", "torchvision")
+IMAGE_BUCKET = 128  # pixels: the default of data.image_bucket
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,17 @@ class DataConfig:
         vocab_min_freq (int): keep words seen at least this often in the train split. Default 1.
         num_relation_classes (int): width of ``relation_labels`` (the paper: 88). Default 88.
         skip_invalid (bool): leave malformed annotation files out (reported) instead of failing. Default False.
+        shape_buckets (bool): pad every batch dimension that varies from batch to batch up to a bucket, so that a
+            run sees few distinct shapes (what ``train.cuda_graph`` captures once per shape): phrases per caption,
+            words per caption, words per reconstruction target and relations per batch to the next power of two,
+            distinct images per batch to the next power of two (at most the batch size), image sides to a multiple
+            of ``image_bucket``. M is fixed already (``max_proposals``). The padding is masked: same losses and
+            gradients with ``model.static_shapes`` (except the image sides: see ``image_bucket``).
+            ``relground.data.collate.pad_to_buckets``. Default False (the batch maxima).
+        image_bucket (int): with ``shape_buckets``, image sides round up to a multiple of this many pixels (Flickr30K
+            at 600-1000 px: four sizes per side); 0 = the batch's largest image, as without buckets. Padded image
+            borders change the frozen backbone's features near the bottom and right edges, as the padding to the
+            batch's largest image already does. Default 128.
     """
 
     dataset: str = "flickr30k"
@@ -57,6 +69,8 @@ class DataConfig:
     vocab_min_freq: int = 1
     num_relation_classes: int = 88
     skip_invalid: bool = False
+    shape_buckets: bool = False
+    image_bucket: int = IMAGE_BUCKET
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -75,6 +89,8 @@ class DataConfig:
             raise ValueError(f"data.captions_per_image > 1 needs data.loader 'pil' or 'torchvision', got {self.loader!r}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers: must be >= 0, got {self.num_workers}")
+        if self.image_bucket < 0:
+            raise ValueError(f"data.image_bucket: must be >= 0 (0 = no image padding), got {self.image_bucket}")
 
     def proposals_path(self, split: str) -> str:
         return self.proposals.format(root=self.root, split=split, dataset=self.dataset)

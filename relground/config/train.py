@@ -35,6 +35,13 @@ class TrainConfig:
             (docs/distributed.md).
         compile: run the model's training forward and losses through ``torch.compile(fullgraph=True)`` (needs
             ``model.static_shapes``: the default step synchronises with the host and cannot be traced whole).
+        cuda_graph: capture forward + losses + backward + optimizer step as one CUDA graph per batch shape and
+            replay it (:mod:`relground.engine.cuda_graph`; docs/model.md, "Static-shape mode"). Needs a CUDA
+            device, ``model.static_shapes``, ``data.shape_buckets`` (few shapes, so few captures), no feature cache
+            (``model.cache_features: false``), one process, ``accumulation_steps`` 1 and no fp16 (its GradScaler
+            reads the scale on the host). The losses are read once a step, after the step: the NaN/``max_loss``
+            guard then stops training with the update already in the weights in memory (nothing is saved after
+            it). Not yet run on a GPU. Default False.
     """
 
     device: str = "auto"
@@ -50,6 +57,7 @@ class TrainConfig:
     max_loss: Optional[float] = None
     data_order: Literal["auto", "distributed"] = "auto"
     compile: bool = False
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         if self.max_loss is not None and not self.max_loss > 0:
@@ -63,3 +71,16 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.device != "auto" and torch.device(self.device).type not in ("cpu", "cuda"):
             raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
+        if self.cuda_graph:
+            if self.device != "auto" and torch.device(self.device).type != "cuda":
+                raise ValueError(f"train.cuda_graph needs a CUDA device, got train.device={self.device!r}")
+            if self.accumulation_steps != 1:
+                raise ValueError(
+                    "train.cuda_graph captures whole optimizer steps: train.accumulation_steps must be 1, "
+                    f"got {self.accumulation_steps}"
+                )
+            if self.amp == "fp16":
+                raise ValueError(
+                    "train.cuda_graph cannot run train.amp=fp16 (the GradScaler reads its scale on the host); "
+                    "use bf16 or fp32"
+                )

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from relground.structures.batch import GroundingBatch
+from relground.config.data import IMAGE_BUCKET
 from relground.data.collate import collate_grounding
 from relground.data.transforms import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD, resize_scale
 
@@ -129,6 +130,7 @@ class DaliGroundingLoader:
         seed (int): shuffling seed. Default 0.
         num_threads (int): DALI CPU threads. Default 2.
         device_id (int, optional): GPU for ``mixed`` decoding; ``None`` decodes on the CPU.
+        shape_buckets (bool), image_bucket (int): as in :func:`relground.data.collate.collate_grounding`.
 
     Each epoch yields every pair of this shard once (DALI's padding of the last batch is dropped).
     """
@@ -143,8 +145,11 @@ class DaliGroundingLoader:
         seed: int = 0,
         num_threads: int = 2,
         device_id: Optional[int] = None,
+        shape_buckets: bool = False,
+        image_bucket: int = IMAGE_BUCKET,
     ) -> None:
         self.dataset = dataset
+        self.shape_buckets, self.image_bucket = shape_buckets, image_bucket
         self.batch_size = batch_size
         self.device_id = device_id
         files = [str(dataset.image_path(dataset.images[i])) for i, _ in dataset.pairs]
@@ -175,4 +180,5 @@ class DaliGroundingLoader:
                 scale = resize_scale(record.height, record.width, self.dataset.min_size, self.dataset.max_size)
                 items.append(self.dataset.build_item(record, record.sentences[position], pixels,
                                                      tuple(pixels.shape[-2:]), scale))
-            yield collate_grounding(items, self.dataset.num_relation_classes)
+            yield collate_grounding(items, self.dataset.num_relation_classes, shape_buckets=self.shape_buckets,
+                                    image_bucket=self.image_bucket)

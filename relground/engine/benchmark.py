@@ -15,6 +15,7 @@ from the loader phase (what training sees).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import resource
 import time
 from collections import defaultdict
@@ -28,7 +29,9 @@ from torch import nn
 
 from relground.config import Config, apply_overrides
 from relground.data.synthetic.shapes import SyntheticShapes
-from relground.engine.defaults import build_model, build_train_loader
+from relground.data.collate import pad_to_buckets
+from relground.engine.cuda_graph import CudaGraphStep
+from relground.engine.defaults import build_model, build_train_loader, check_cuda_graph
 from relground.engine.solver import build_lr_scheduler, build_optimizer
 from relground.utils.env import intra_op_threads, resolve_amp_dtype, resolve_device, seed_all
 
@@ -175,10 +178,13 @@ def run_benchmark(
         ``losses_ms``, ``backward_ms``, ``optimizer_ms``, ``pairs_per_step``, ``backbone_images_per_step``,
         ``paper_schedule_hours``, ``peak_memory_mb`` (CUDA: peak allocated; CPU: peak RSS of the process), the
         device-batch phase under ``device_batch`` (same keys, or None), and ``device``, ``amp``, ``head``,
-        ``compiled``, ``steps``, ``warmup``, ``captions_per_image``, ``fold_backbone_bn``, ``channels_last``.
+        ``compiled``, ``steps``, ``warmup``, ``captions_per_image``, ``fold_backbone_bn``, ``channels_last``,
+        ``cuda_graph`` (``train.cuda_graph``: the steps replayed from CUDA graphs, phases not split) and
+        ``cuda_graph_counts`` (captured, replayed and eager steps, warm-up included; None without graphs).
     """
     if compile and not cfg.model.static_shapes:  # the default step reads counts on the host: not compilable whole
         cfg = dataclasses.replace(cfg, model=cfg.model.replace(static_shapes=True))
+    check_cuda_graph(cfg)
     device = resolve_device(cfg.train.device)
     amp_dtype = resolve_amp_dtype(cfg.train.amp, device)
     with intra_op_threads(cfg.train.threads if device.type == "cpu" else 0):
@@ -197,12 +203,24 @@ def run_benchmark(
         if compile:
             model.compile_step()
             timer.enabled = False  # timers inside a compiled graph would break it
-        else:
+        graphed = None
+        if cfg.train.cuda_graph:
+            pad = functools.partial(pad_to_buckets, image_bucket=cfg.data.image_bucket)
+            graphed = CudaGraphStep(model, optimizer, amp_dtype=amp_dtype, clip_grad_norm=cfg.solver.clip_grad_norm,
+                                    pad=pad)
+            timer.enabled = False  # a replayed step has no phases to time
+        elif not compile:
             _instrument(model, timer, images_seen)
         iteration = [0]
 
         def step(batch) -> None:
             pairs_seen.append(batch.batch_size)
+            if graphed is not None:  # forward, losses, backward and optimizer step in one replay
+                values, _ = graphed(batch, iteration[0])
+                values.tolist()  # one host read of the losses a step, as the trainer's guard
+                scheduler.step()
+                iteration[0] += 1
+                return
             optimizer.zero_grad(set_to_none=True)
             with timer.phase("forward_total"):
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -227,16 +245,17 @@ def run_benchmark(
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        whole = compile or graphed is not None  # the step is not split into timed phases
         result = _time_steps(step, next_loader_batch, steps, warmup, timer, images_seen, pairs_seen)
-        _split_heads(result, compile)
+        _split_heads(result, whole)
         on_device = None
         if device_batch:
             fixed = next_loader_batch()
             on_device = _time_steps(step, lambda: fixed, steps, warmup, timer, images_seen, pairs_seen)
-            _split_heads(on_device, compile)
-            if compile:
+            _split_heads(on_device, whole)
+            if whole:
                 on_device["backbone_images_per_step"] = None
-        if compile:
+        if whole:
             result["backbone_images_per_step"] = None
         result.update(
             paper_schedule_hours=PAPER_ITERATIONS * PAPER_PAIRS_PER_STEP / result["pairs_per_s"] / 3600,
@@ -253,6 +272,8 @@ def run_benchmark(
             fold_backbone_bn=cfg.model.fold_backbone_bn,
             static_shapes=cfg.model.static_shapes,
             channels_last=cfg.model.channels_last,
+            cuda_graph=graphed is not None,
+            cuda_graph_counts=dict(graphed.counts) if graphed is not None else None,
             cache_features=cfg.model.cache_features,
             num_workers=cfg.data.num_workers,
             threads=cfg.train.threads if device.type == "cpu" else None,

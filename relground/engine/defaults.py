@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 from relground.config import Config, apply_overrides, from_dict, save_config, to_dict
 from relground.config.data import DataConfig
+from relground.data.collate import pad_to_buckets
 from relground.data.dataset import GroundingDataset, build_dataloader, build_dataset, load_annotations
 from relground.data.proposals import ProposalStore
 from relground.engine import distributed as du
@@ -295,6 +296,28 @@ def check_ranks_resume_alike(path: Optional[Path], state: Optional[dict[str, Any
                          "folder every rank sees alike")
 
 
+def check_cuda_graph(cfg: Config) -> None:
+    """``train.cuda_graph``'s needs outside the ``train`` section (the section's own are checked by
+    :class:`~relground.config.train.TrainConfig`, the model and optimizer by the trainer), all named at once.
+
+    Raises:
+        ValueError: naming each setting that must change.
+    """
+    if not cfg.train.cuda_graph:
+        return
+    problems = []
+    if not cfg.model.static_shapes:
+        problems.append("model.static_shapes: true (the default step reads counts on the host)")
+    if not cfg.data.shape_buckets:
+        problems.append("data.shape_buckets: true (one graph is captured per batch shape)")
+    if cfg.model.cache_features:
+        problems.append("model.cache_features: false (the feature cache is a host store)")
+    if resolve_device(cfg.train.device).type != "cuda":
+        problems.append(f"a CUDA device (train.device={cfg.train.device!r} resolves to the CPU here)")
+    if problems:
+        raise ValueError("train.cuda_graph needs " + "; ".join(problems))
+
+
 def train(cfg: Config, *, resume: bool = False, hooks: Sequence[HookBase] = ()) -> dict[str, Any]:
     """Build the model and data from ``cfg``, train (resuming when asked) and return the result.
 
@@ -317,6 +340,7 @@ def train(cfg: Config, *, resume: bool = False, hooks: Sequence[HookBase] = ()) 
         FileNotFoundError: a data file is missing (named).
         FloatingPointError: a loss became NaN/inf (the last good checkpoint is kept and named).
     """
+    check_cuda_graph(cfg)
     # torchrun --max-restarts restarted the group after a worker died: continue from the last checkpoint
     resume = resume or du.restarted_by_torchrun()
     output_dir = Path(cfg.output_dir)
@@ -342,6 +366,7 @@ def train(cfg: Config, *, resume: bool = False, hooks: Sequence[HookBase] = ()) 
                 device=device,
                 seed=cfg.seed,
                 checkpoint_extra={"config": to_dict(cfg), "model_args": model_args},
+                pad_batch=functools.partial(pad_to_buckets, image_bucket=cfg.data.image_bucket),
             )
             trainer.register_hooks(hooks)
             if resume_state is not None:

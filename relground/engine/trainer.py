@@ -12,7 +12,9 @@ Model protocol: ``model(batch, iteration=it)`` returns an object with ``total_lo
 ``losses`` (``dict[str, Tensor]`` of scalar, unweighted components, for logging); with ``train.compile`` it also
 has ``compile_step()``, which makes later calls run through ``torch.compile``. A batch is anything the
 data loader yields; it is moved with ``batch.to(device)`` when it has that method, and counted with
-``batch.batch_size`` (else ``len(batch)``).
+``batch.batch_size`` (else ``len(batch)``). With ``train.cuda_graph`` the whole step (forward, losses, backward,
+optimizer step) is replayed from a CUDA graph per batch shape (:mod:`relground.engine.cuda_graph`; batches are
+``GroundingBatch``), and the loss guard reads its losses after the step.
 
 One iteration = one optimizer step over ``train.accumulation_steps`` micro-batches, so the effective batch
 is per-process batch x world size x accumulation steps (``solver.ims_per_batch``). More processes give ReIR the
@@ -30,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -46,6 +48,7 @@ from relground.engine.checkpoint import (
     FINAL_NAME, CheckpointError, Checkpointer, capture_rng_state, check_resumable, find_loadable_checkpoint,
     load_checkpoint, restore_rng_state, warn_broken_checkpoints,
 )
+from relground.engine.cuda_graph import CudaGraphStep
 from relground.engine.hooks import HookBase, MetricsWriter, PeriodicCheckpointer, ProgressBar, SignalHandler
 from relground.engine.solver import build_lr_scheduler, build_optimizer, ensure_momentum_buffers, per_process_batch_size
 from relground.engine.stream import DataStream
@@ -77,6 +80,8 @@ class Trainer:
         seed: seed of python/numpy/torch for this run (rank r uses ``seed + r``, so dropout differs
             per rank); replaced by the checkpoint's RNG states on resume.
         checkpoint_extra: more entries stored in every checkpoint (e.g. ``config``, model build arguments).
+        pad_batch: with ``train.cuda_graph``, how a batch is padded to its bucketed shapes (``defaults.train``
+            passes ``pad_to_buckets`` at ``data.image_bucket``); None = :class:`CudaGraphStep`'s default.
     """
 
     def __init__(
@@ -90,6 +95,7 @@ class Trainer:
         device: Optional[str | torch.device] = None,
         seed: Optional[int] = None,
         checkpoint_extra: Optional[dict[str, Any]] = None,
+        pad_batch: Optional[Callable[[Any], Any]] = None,
     ) -> None:
         self.solver = solver
         self.cfg = cfg
@@ -111,6 +117,14 @@ class Trainer:
         self.optimizer = build_optimizer(solver, model)
         self.scheduler = build_lr_scheduler(solver, self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.graph_step: Optional[CudaGraphStep] = None
+        if cfg.cuda_graph:
+            if du.is_distributed():
+                raise ValueError("train.cuda_graph runs in one process (DistributedDataParallel is not captured)")
+            options = {} if pad_batch is None else {"pad": pad_batch}
+            self.graph_step = CudaGraphStep(
+                model, self.optimizer, amp_dtype=self.amp_dtype, clip_grad_norm=solver.clip_grad_norm, **options
+            )
         if du.is_distributed():
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             # broadcast_buffers=False: nothing to broadcast, the head BatchNorms' running statistics are computed
@@ -217,6 +231,8 @@ class Trainer:
         Raises:
             FloatingPointError: naming the non-finite loss and the iteration.
         """
+        if self.graph_step is not None:
+            return self._run_graph_step()
         accumulation = self.cfg.accumulation_steps
         start = time.perf_counter()
         data_time = 0.0
@@ -253,7 +269,28 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        self._record_metrics(totals, names, lr, images, start, data_time)
+        return stop
 
+    def _run_graph_step(self) -> bool:
+        """:meth:`run_step` under ``train.cuda_graph``: one batch, the whole step replayed from its captured graph;
+        its losses are read once, after the step (the guard then cannot keep the update out of the weights)."""
+        start = time.perf_counter()
+        batch = next(self.data)
+        data_time = time.perf_counter() - start
+        if hasattr(batch, "to"):
+            batch = batch.to(self.device, non_blocking=True)
+        images = self._check_batch_size(_batch_size(batch))
+        lr = self.optimizer.param_groups[0]["lr"]  # the lr this step uses
+        values, names = self.graph_step(batch, self.iter)  # [1 + T] on the device, written by the replay
+        stop, totals = self._guard(values[None], names, stepped=True)  # the step's one host sync
+        self.scheduler.step()
+        self._record_metrics(totals, names, lr, images, start, data_time)
+        return stop
+
+    def _record_metrics(
+        self, totals: list[float], names: list[str], lr: float, images: int, start: float, data_time: float
+    ) -> None:
         self.step_metrics = {
             "total_loss": totals[0],
             **{f"loss/{n}": v for n, v in zip(names, totals[1:])},
@@ -262,14 +299,14 @@ class Trainer:
             "time": time.perf_counter() - start,
             "data_time": data_time,
         }
-        return stop
 
-    def _guard(self, values: torch.Tensor, names: list[str]) -> tuple[bool, list[float]]:
+    def _guard(self, values: torch.Tensor, names: list[str], stepped: bool = False) -> tuple[bool, list[float]]:
         """NaN/inf (and ``max_loss``) guard on a step's losses, agreed over ranks together with the stop flag.
 
         Args:
             values (Tensor[A, 1 + T]): each micro-batch's ``[total_loss, *components]`` (float64, on the device).
             names: the T component names.
+            stepped: the optimizer step has run already (a replayed CUDA graph), which the error message says.
 
         Returns:
             ``(stop, totals)``: True when a stop was requested on any rank; the step's ``[total, *components]``
@@ -308,8 +345,13 @@ class Trainer:
                 else:
                     where = f"loss '{labels[column]}' is {value}"
             good = self.checkpointer.latest() if self.checkpointer else None
+            when = (
+                "training stopped after the captured step had updated the weights in memory (train.cuda_graph)"
+                if stepped
+                else "training stopped before the optimizer step"
+            )
             raise FloatingPointError(
-                f"{where} at iteration {self.iter}; training stopped before the optimizer step. "
+                f"{where} at iteration {self.iter}; {when}. "
                 + (f"The last good checkpoint is {good} (nothing newer was written)." if good else "No checkpoint was written.")
             )
         return flags[width] > 0, totals
@@ -351,6 +393,8 @@ class Trainer:
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         ensure_momentum_buffers(self.optimizer)  # a checkpoint may predate a parameter's first gradient
+        if self.graph_step is not None:
+            self.graph_step.reset()  # the graphs were captured on the momentum buffers just replaced
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.data.load_state_dict(state["data"])

@@ -7,6 +7,11 @@ stored in ``OUT/runs/<row>-seed<s>/metrics.json``; a rerun with the same ``out``
 interrupted ablation continues where it stopped::
 
     result = run_ablation("outputs/ablation", rows=["baseline", "full"], seeds=3, log=print)
+
+With ``data_seeds`` the spread covers the benchmark too: run ``i`` generates the benchmark with data seed
+``data_seeds[i]`` (in ``OUT/data-seed<d>/``) and trains with the same number as training seed (runs in
+``OUT/runs/<row>-data<d>/``). Rows ``baseline`` and ``full`` are the demo's two models, so
+``rows=["baseline", "full"], data_seeds=[0, 1, 2]`` is the demo's table over three benchmarks.
 """
 from __future__ import annotations
 
@@ -66,8 +71,11 @@ def run_ablation(
     images: int = DEFAULT_IMAGES,
     iterations: int = DEFAULT_ITERATIONS,
     data_seed: int = 0,
+    data_seeds: Optional[Sequence[int]] = None,
+    multi_relation: float = 0.0,
     config: Optional[str] = None,
     overrides: Sequence[str] = (),
+    method_from: Optional[str] = None,
     log: Callable[[str], None] = _silent,
 ) -> dict[str, Any]:
     """Train and evaluate every (row, seed) not already stored in ``out``; write ``ablation.{md,json}``.
@@ -78,9 +86,14 @@ def run_ablation(
         seeds: training seeds per row (0 .. seeds - 1).
         images: synthetic images (the benchmark is regenerated when ``out/data`` holds another size or seed).
         iterations: training iterations per run.
-        data_seed: seed of the synthetic benchmark.
+        data_seed: seed of the synthetic benchmark (with ``seeds`` training seeds on it).
+        data_seeds: instead of ``data_seed`` and ``seeds``: one run per data seed ``d``, on the benchmark of
+            seed ``d`` with training seed ``d`` (data and training both varied).
+        multi_relation: the generator's opt-in share of multi-relation images (``generate_synthetic``), where
+            a phrase relates to two others: the benchmark on which learned graph attention can beat uniform.
         config: base config (YAML file or shipped name), None = ``synthetic.yaml``.
         overrides: ``key=value`` config overrides for every run.
+        method_from: a config whose method switches every run takes (``synthetic_config``'s ``method_from``).
         log: called with one line per finished (row, seed).
 
     Returns:
@@ -94,44 +107,60 @@ def run_ablation(
     for flag, value in (("--seeds", seeds), ("--images", images), ("--iterations", iterations)):
         if value <= 0:
             raise ValueError(f"{flag}: must be positive, got {value}")
+    plan = _run_plan(seeds, data_seed, data_seeds)
     start = time.perf_counter()
     out = Path(out)
-    data = out / "data"
-    if not (data / "synthetic.json").is_file() or _data_args(data) != (images, data_seed):
-        prepare_synthetic(data, num_images=images, seed=data_seed)
+    for data, seed_of_data, _, _ in plan:
+        data = out / data
+        if not (data / "synthetic.json").is_file() or _data_args(data) != (images, seed_of_data, multi_relation):
+            prepare_synthetic(data, num_images=images, seed=seed_of_data, multi_relation=multi_relation)
 
-    config_k = synthetic_config(config, data, out, overrides=overrides).model.top_k
+    config_k = synthetic_config(config, out / plan[0][0], out, overrides=overrides, method_from=method_from).model.top_k
     runs: dict[str, list[dict]] = {}
     for name in names:
         row = ROWS[name]
         run_name = "full" if row.overrides.get("top_k") == config_k and row.preset == "full" else name
-        for seed in range(seeds):
-            run_dir = out / "runs" / f"{run_name}-seed{seed}"
+        for data, _, seed, suffix in plan:
+            run_dir = out / "runs" / f"{run_name}-{suffix}"
             done = run_dir / "metrics.json"
             if done.is_file() and json.loads(done.read_text()).get("iterations") == iterations:
                 metrics = json.loads(done.read_text())["metrics"]
             else:
-                cfg = synthetic_config(config, data, run_dir, preset=row.preset, iterations=iterations,
-                                       seed=seed, overrides=overrides, model_overrides=row.overrides)
+                cfg = synthetic_config(config, out / data, run_dir, preset=row.preset, iterations=iterations,
+                                       seed=seed, overrides=overrides, model_overrides=row.overrides,
+                                       method_from=method_from)
                 result = train_and_evaluate(cfg, split="test")
                 metrics = {**result["metrics"], "val": result["trained"].evaluate("val")}
                 done.write_text(json.dumps({"iterations": iterations, "seed": seed, "metrics": metrics}))
             runs.setdefault(name, []).append(metrics)
-            log(f"{name} seed {seed}: Acc {100 * metrics['accuracy']:.2f}%")
+            log(f"{name} {suffix}: Acc {100 * metrics['accuracy']:.2f}%")
 
     summary = {name: summarize(ms) for name, ms in runs.items()}
     table = markdown_tables(summary, images=images, data_seed=data_seed, iterations=iterations, seeds=seeds,
-                            config_k=config_k)
+                            config_k=config_k, data_seeds=data_seeds, multi_relation=multi_relation)
     (out / "ablation.md").write_text(table + "\n")
-    result = {"rows": summary, "seeds": seeds, "images": images, "iterations": iterations,
+    result = {"rows": summary, "seeds": len(plan), "data_seeds": [p[1] for p in plan], "images": images,
+              "iterations": iterations, "multi_relation": multi_relation,
               "seconds": round(time.perf_counter() - start, 1), "markdown": str(out / "ablation.md")}
     (out / "ablation.json").write_text(json.dumps({**result, "runs": runs}, indent=2))
     return {**result, "table": table}
 
 
-def _data_args(data: Path) -> tuple[Optional[int], Optional[int]]:
+def _run_plan(
+    seeds: int, data_seed: int, data_seeds: Optional[Sequence[int]]
+) -> list[tuple[str, int, int, str]]:
+    """``(data folder, data seed, training seed, run-name suffix)`` of every run of a row."""
+    if data_seeds is None:  # the folders of the single-benchmark mode, so earlier outputs are reused
+        return [("data", data_seed, seed, f"seed{seed}") for seed in range(seeds)]
+    data_seeds = list(data_seeds)
+    if not data_seeds or len(set(data_seeds)) != len(data_seeds) or min(data_seeds) < 0:
+        raise ValueError(f"--data-seeds: distinct non-negative integers expected, got {data_seeds}")
+    return [(f"data-seed{d}", d, d, f"data{d}") for d in data_seeds]
+
+
+def _data_args(data: Path) -> tuple[Optional[int], Optional[int], float]:
     props = json.loads((data / "synthetic.json").read_text())
-    return props.get("images"), props.get("seed")
+    return props.get("images"), props.get("seed"), props.get("multi_relation", 0.0)
 
 
 def _mean_std(values: list[Optional[float]]) -> dict[str, Optional[float]]:
@@ -162,11 +191,19 @@ def _cell(stat: dict) -> str:
 
 
 def markdown_tables(
-    summary: dict[str, dict], *, images: int, data_seed: int, iterations: int, seeds: int, config_k: int
+    summary: dict[str, dict], *, images: int, data_seed: int, iterations: int, seeds: int, config_k: int,
+    data_seeds: Optional[Sequence[int]] = None, multi_relation: float = 0.0,
 ) -> str:
     """Table 2 and Table 3 as Markdown, rows that were not run left out; ``config_k`` is the config's K."""
-    header = (f"Synthetic benchmark ({images} images, data seed {data_seed}), {iterations} iterations, "
-              f"{seeds} seed(s) per row; mean ± sample std, in %.\n")
+    if data_seeds is None:
+        header = (f"Synthetic benchmark ({images} images, data seed {data_seed}), {iterations} iterations, "
+                  f"{seeds} seed(s) per row; mean ± sample std, in %.\n")
+    else:
+        header = (f"Synthetic benchmarks ({images} images) of data seeds {', '.join(map(str, data_seeds))}, each "
+                  f"trained with its data seed as training seed, {iterations} iterations; mean ± sample std over "
+                  f"the {len(data_seeds)} benchmarks, in %.\n")
+    if multi_relation:
+        header += f"Multi-relation images: generator option multi_relation = {multi_relation:g}.\n"
     lines = [header]
     table2_rows = [row for row in TABLE2 if row.name in summary]
     if table2_rows:

@@ -45,6 +45,7 @@ def run_demo(
     examples: int = DEFAULT_EXAMPLES,
     config: Optional[str] = None,
     overrides: Sequence[str] = (),
+    method_from: Optional[str] = None,
     log: Callable[[str], None] = _silent,
 ) -> dict[str, Any]:
     """Benchmark -> train the full model and the baseline -> evaluate -> pictures, ``results.{md,json}`` in ``out``.
@@ -57,6 +58,8 @@ def run_demo(
         examples: test images to draw.
         config: base config (YAML file or shipped name), None = ``synthetic.yaml``.
         overrides: ``key=value`` config overrides for both models.
+        method_from: a config whose method switches both models take (e.g. ``flickr30k_reir.yaml``: the real-data
+            method at the benchmark's scale; ``synthetic_config``'s ``method_from``).
         log: called with each progress line and, at the end, the results table.
 
     Returns:
@@ -75,7 +78,7 @@ def run_demo(
     results = {}
     for name, preset in MODELS:
         cfg = synthetic_config(config, data, out / name, preset=preset, iterations=iterations,
-                               seed=seed, overrides=overrides)
+                               seed=seed, overrides=overrides, method_from=method_from)
         t0 = time.perf_counter()
         results[name] = train_and_evaluate(cfg, split="test")
         log(f"{name}: trained {iterations} iterations and evaluated in {time.perf_counter() - t0:.1f} s, "

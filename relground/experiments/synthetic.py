@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from relground.config import Config, apply_overrides, load_config, shipped_config
+from relground.config.method import with_method_of
 from relground.config.model import ModelConfig
 from relground.data.flickr30k import load_flickr30k
 from relground.data.synthetic import generate_synthetic
@@ -28,15 +29,16 @@ SYNTHETIC_CONFIG = "synthetic.yaml"  # the shipped one (relground.config.shipped
 SYNTHETIC_RELATION_MIN_FREQ = 5  # relation texts seen more than this often in train become categories
 
 
-def prepare_synthetic(out, num_images: int, seed: int = 0) -> dict:
+def prepare_synthetic(out, num_images: int, seed: int = 0, multi_relation: float = 0.0) -> dict:
     """Generate the synthetic benchmark into ``out`` and its relations files (``relations_<split>.json``).
 
     Train builds the relation categories (count > ``SYNTHETIC_RELATION_MIN_FREQ``); val and test reuse them.
+    ``multi_relation``: ``generate_synthetic``'s option (multi-relation images; default 0, the benchmark without).
 
     Returns:
         the generator's measured properties plus ``relation_categories`` and ``relation_seconds``.
     """
-    props = generate_synthetic(out, num_images=num_images, seed=seed)
+    props = generate_synthetic(out, num_images=num_images, seed=seed, multi_relation=multi_relation)
     start = time.perf_counter()
     splits = {split: load_flickr30k(out, split) for split in ("train", "val", "test")}
     captions = [s.text for images in splits.values() for im in images for s in im.sentences]
@@ -85,6 +87,7 @@ def synthetic_config(
     seed: int = 10,
     overrides: Sequence[str] = (),
     model_overrides: Optional[dict[str, Any]] = None,
+    method_from=None,
 ) -> Config:
     """The config of one synthetic run: ``config`` (default ``configs/synthetic.yaml``) for ``preset``.
 
@@ -98,6 +101,9 @@ def synthetic_config(
         overrides: ``key=value`` config overrides, applied after the preset.
         model_overrides: ModelConfig fields that define the run, e.g. ``{"top_k": 3}`` (Table 3); applied last, so
             an ``overrides`` entry for every run (``--set model.top_k=10``) does not change a Table 3 row's K.
+        method_from: a config (YAML file or shipped name) whose method switches replace the base config's
+            (:func:`relground.config.method.with_method_of`), before the preset: e.g. ``flickr30k_reir.yaml`` trains
+            the real-data method at the benchmark's scale.
     """
     try:  # load_config also finds a shipped config by name (relground.config.find_config)
         cfg = load_config(
@@ -121,6 +127,12 @@ def synthetic_config(
         train_cfg = dataclasses.replace(cfg.train, checkpoint_period=iterations, progress_bar=False)
         model = cfg.model.replace(refine_start_iteration=scaled(cfg.model.refine_start_iteration))
         cfg = dataclasses.replace(cfg, solver=solver, train=train_cfg, model=model)
+    if method_from is not None:
+        try:
+            source = load_config(method_from).model
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"--method-from: {exc}") from None
+        cfg = dataclasses.replace(cfg, model=with_method_of(cfg.model, source))
     cfg = dataclasses.replace(cfg, model=apply_preset(cfg.model, preset))
     cfg = apply_overrides(cfg, overrides) if overrides else cfg
     return dataclasses.replace(cfg, model=cfg.model.replace(**model_overrides)) if model_overrides else cfg

@@ -117,7 +117,8 @@ def _masked_training_norm(norm: nn.BatchNorm1d, rows: Tensor, mask: Tensor) -> T
                 momentum = 1.0 / norm.num_batches_tracked.clamp(min=1).to(torch.float32)
             else:
                 momentum = norm.momentum
-            momentum = torch.where(enough, torch.as_tensor(momentum, dtype=torch.float32, device=rows.device), 0.0)
+            # enough * momentum, not torch.where with a new device tensor: no host-to-device copy in the step
+            momentum = enough.to(torch.float32) * momentum
             unbiased = var * (count / (count - 1).clamp(min=1))
             norm.running_mean.copy_(norm.running_mean * (1 - momentum) + mean.to(norm.running_mean.dtype) * momentum)
             norm.running_var.copy_(norm.running_var * (1 - momentum) + unbiased.to(norm.running_var.dtype) * momentum)

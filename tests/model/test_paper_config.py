@@ -16,7 +16,7 @@ SMALL = dict(backbone="resnet10", hidden_dim=32, word_dim=16, vogn_dim=16, ranki
 
 
 def test_paper_config_sets_the_paper_switches_over_the_authors_base():
-    paper, authors = load_config(PAPER).model, load_config(REPO / "configs" / "flickr30k_reir.yaml").model
+    paper, authors = load_config(PAPER).model, load_config(REPO / "configs" / "flickr30k_reir_authors.yaml").model
     assert (paper.rnn_type, paper.decoder_rnn_type, authors.rnn_type, authors.decoder_rnn_type) == (
         "lstm", "lstm", "gru", "gru")
     assert paper.loss.reconstruction_stages == (1, 2) and authors.loss.reconstruction_stages == (2,)

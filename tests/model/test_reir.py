@@ -196,7 +196,7 @@ def test_config_presets_and_errors():
         ModelConfig(box_regression=False)
     with pytest.raises(ValueError, match="iou_threshold"):
         LossConfig(iou_threshold=1.5)
-    assert BoxDecoder().coder.bbox_xform_clip == pytest.approx(math.log(1000 / 16))
+    assert BoxDecoder().clip == pytest.approx(math.log(1000 / 16))
 
 
 def test_captions_of_the_same_image_are_not_ranking_negatives():

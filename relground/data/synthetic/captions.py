@@ -1,4 +1,8 @@
-"""Captions of one synthetic image: phrases marked up as Flickr30K Entities does, spatial relations, frames."""
+"""Captions of one synthetic image: phrases marked up as Flickr30K Entities does, spatial relations, frames.
+
+Besides each caption's line, the captioner records the relations the caption states as ``(subject phrase,
+object phrase, relation name)`` (phrase indices in markup order): the edges the parser is meant to find.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,11 +10,13 @@ from typing import Optional
 
 import numpy as np
 
-from relground.data.synthetic.scene import SceneObject
+from relground.data.synthetic.scene import Condition, SceneObject
 from relground.data.synthetic.vocabulary import (
-    BIG_ABOVE, BIG_WORDS, COLOURS, FRAMES, OPPOSITE, RELATIONS, SCENE_PHRASES, SHAPE_WORDS, SMALL_BELOW, SMALL_WORDS,
-    relation_holds,
+    BIG_ABOVE, BIG_WORDS, COLOURS, FRAME_RELATIONS, FRAMES, OPPOSITE, RELATIONS, SCENE_PHRASES, SHAPE_WORDS,
+    SMALL_BELOW, SMALL_WORDS, relation_holds,
 )
+
+_RELATION_OF_PHRASING = {phrasing: rel for rel, phrasings in RELATIONS.items() for phrasing in phrasings}
 
 
 @dataclass
@@ -44,10 +50,11 @@ def _phrase_text(rng: np.random.Generator, obj: SceneObject, size: int, det: Opt
     return " ".join([det] + words)
 
 
-def _plural_text(rng: np.random.Generator, obj: SceneObject) -> str:
+def _plural_text(rng: np.random.Generator, obj: SceneObject, copies: int = 2) -> str:
     colours = COLOURS[obj.colour][1]
     shapes = SHAPE_WORDS[obj.shape]
-    det = ("two", "the two", "both")[int(rng.integers(3))]
+    dets = ("three", "the three", "all three") if copies == 3 else ("two", "the two", "both")
+    det = dets[int(rng.integers(3))]
     return f"{det} {colours[int(rng.integers(len(colours)))]} {shapes[int(rng.integers(len(shapes)))][1]}"
 
 
@@ -56,14 +63,20 @@ def _true_relations(a: np.ndarray, b: np.ndarray) -> list[str]:
 
 
 class Captioner:
-    """Builds the captions of one image; phrase chains are shared across its captions (coreference)."""
+    """Builds the captions of one image; phrase chains are shared across its captions (coreference).
 
-    def __init__(self, rng: np.random.Generator, objects: list[SceneObject], size: int, chain_base: int) -> None:
-        self.rng, self.objects, self.size = rng, objects, size
+    ``copies``: how many identical objects lead ``objects`` (0, 2 or 3); ``relations[c]``: the relations stated
+    by the ``c``-th rendered caption, ``(subject phrase, object phrase, relation name)``.
+    """
+
+    def __init__(self, rng: np.random.Generator, objects: list[SceneObject], size: int, chain_base: int,
+                 copies: int = 2) -> None:
+        self.rng, self.objects, self.size, self.copies = rng, objects, size, copies
         self.plural_chain = str(chain_base + 7)
         self.scene_chain = str(chain_base + 8)
         self.used_plural = self.used_scene = False
         self.frames_used: set[str] = set()
+        self.relations: list[list[tuple[int, int, str]]] = []
 
     def pick(self, seq):
         return seq[int(self.rng.integers(len(seq)))]
@@ -83,16 +96,20 @@ class Captioner:
         if "{C}" in frame:
             slots = {**slots, "C": self.scene_phrase()}
         out = []
+        phrase_index: dict[str, int] = {}  # slot -> position of its phrase in the caption's markup
         for token in frame.split(" "):
             if token.startswith("{") and token.endswith("}"):
                 value = slots[token[1:-1]]
                 if isinstance(value, MarkedPhrase):
+                    phrase_index[token[1:-1]] = len(phrase_index)
                     out.append(f"[/EN#{value.chain}/{value.phrase_type} {value.text}]")
                 else:
                     out.append(value)
             else:
                 out.append(token)
         self.frames_used.add(f"{kind}:{index}")
+        self.relations.append([(phrase_index[s], phrase_index[o], _RELATION_OF_PHRASING[slots[r]])
+                               for s, r, o in FRAME_RELATIONS[kind]])
         return " ".join(out)
 
     def twin_caption(self, ref: int, rel: str) -> str:
@@ -137,15 +154,49 @@ class Captioner:
                     "S": self.obj_phrase(i), "R": self.pick(RELATIONS[rel]), "O": self.obj_phrase(j),
                     "S2": self.obj_phrase(k), "R2": self.pick(RELATIONS[rel2]), "O2": self.obj_phrase(m),
                 })
+        return self._list_or_single(r, unique, twins)
+
+    def _list_or_single(self, r: float, unique: list[int], twins: bool) -> str:
         if r < 0.85 and len(unique) + twins >= 3:
             entries: list[MarkedPhrase] = []
             if twins:
                 self.used_plural = True
                 twin = self.objects[0]
-                entries.append(MarkedPhrase(self.plural_chain, twin.shape, _plural_text(self.rng, twin)))
+                entries.append(MarkedPhrase(self.plural_chain, twin.shape, _plural_text(self.rng, twin, self.copies)))
             for k in self.rng.permutation(unique)[: 3 - len(entries)]:
                 entries.append(self.obj_phrase(int(k), det="a"))
             order = self.rng.permutation(len(entries))
             entries = [entries[i] for i in order]
             return self.render("list", dict(zip(("A", "B", "D"), entries)))
         return self.render("single", {"A": self.obj_phrase(int(self.pick(unique)))})
+
+    # --- multi-relation images (``generate_synthetic(multi_relation=...)``) -----------------------------------
+
+    def _multi(self, subject: int, first: Condition, second: Condition) -> str:
+        """``subject`` through two relations: "the red circle above the blue square sits left of the green star"."""
+        (ref1, rel1), (ref2, rel2) = (first, second) if self.rng.random() < 0.5 else (second, first)
+        return self.render("multi", {
+            "S": self.obj_phrase(subject), "R": self.pick(RELATIONS[rel1]), "O": self.obj_phrase(ref1),
+            "R2": self.pick(RELATIONS[rel2]), "O2": self.obj_phrase(ref2),
+        })
+
+    def conjunction_caption(self, options: dict[int, list[tuple[Condition, Condition]]]) -> str:
+        """A copy of the identical triple picked out by two relations together (``scene.conjunctions``)."""
+        copy = int(self.pick(sorted(options)))
+        first, second = self.pick(options[copy])
+        return self._multi(copy, first, second)
+
+    def multi_other_caption(self, unique: list[int], twins: bool) -> str:
+        """A unique object through two true relations to two other unique objects; else a list or single frame."""
+        r = self.rng.random()
+        if r < 0.6:
+            subjects = list(unique)
+            self.rng.shuffle(subjects)
+            for i in subjects:
+                options = [(j, rel) for j in unique if j != i
+                           for rel in _true_relations(self.objects[i].box, self.objects[j].box)]
+                if len({j for j, _ in options}) >= 2:
+                    first = options[int(self.rng.integers(len(options)))]
+                    rest = [o for o in options if o[0] != first[0]]
+                    return self._multi(int(i), first, rest[int(self.rng.integers(len(rest)))])
+        return self._list_or_single(r, unique, twins)

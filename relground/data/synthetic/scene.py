@@ -1,4 +1,4 @@
-"""One synthetic image's objects: placement (with an identical twin pair) and drawing."""
+"""One synthetic image's objects: placement (with an identical twin pair or triple) and drawing."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,8 +8,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from relground.data.synthetic.vocabulary import (
-    COLOURS, MIN_GAP, OBJECTS_PER_IMAGE, OPPOSITE, RELATIONS, SHAPES, SIZE_RANGE, relation_holds,
+    COLOURS, MIN_GAP, OBJECTS_PER_IMAGE, OPPOSITE, RELATIONS, SHAPES, SIZE_RANGE, TRIPLE_OBJECTS_PER_IMAGE,
+    relation_holds,
 )
+
+# A condition on an object: (reference object index, relation name), "the object is <relation> of the reference".
+Condition = tuple[int, str]
 
 
 @dataclass
@@ -21,16 +25,20 @@ class SceneObject:
     box: np.ndarray  # [4] int64, 0-based xyxy
     chain: str
     hard: bool = False
-    twin_of: Optional[int] = None  # index of its identical twin
+    twin_of: Optional[int] = None  # index of an identical copy (its twin, or the next copy of a triple)
 
 
-def place_objects(rng: np.random.Generator, size: int, with_twins: bool) -> list[SceneObject]:
-    """Non-overlapping objects with unique (shape, colour), plus (optionally) a twin of object 0.
+def place_objects(rng: np.random.Generator, size: int, with_twins: bool, copies: int = 2) -> list[SceneObject]:
+    """Non-overlapping objects with unique (shape, colour), plus (optionally) identical copies of object 0.
 
-    With twins, object 1 copies object 0 and the layout is resampled until some unique reference object has
-    one twin strictly on one side and the other twin strictly on the opposite side (checked by the caller).
+    With twins, objects 1 .. ``copies - 1`` copy object 0 and the layout is resampled by the caller until the
+    copies can be told apart: for a pair, some unique reference object has one twin strictly on one side and the
+    other twin strictly on the opposite side (:func:`twin_reference`); for a triple (``copies=3``, drawn with
+    ``TRIPLE_OBJECTS_PER_IMAGE`` objects), some copy is picked out by two relations together and by neither
+    alone (:func:`conjunctions`).
     """
-    num = int(rng.integers(OBJECTS_PER_IMAGE[0], OBJECTS_PER_IMAGE[1] + 1))
+    low, high = TRIPLE_OBJECTS_PER_IMAGE if with_twins and copies == 3 else OBJECTS_PER_IMAGE
+    num = int(rng.integers(low, high + 1))
     kinds = [(s, c) for s in SHAPES for c in COLOURS]
     picks = rng.choice(len(kinds), size=num, replace=False)
     looks = [kinds[i] for i in picks]
@@ -38,8 +46,9 @@ def place_objects(rng: np.random.Generator, size: int, with_twins: bool) -> list
     sides[:, 1] = sides[:, 0] * rng.uniform(0.85, 1.15, size=num)  # near-square: shapes stay recognisable
     sides = np.clip(np.round(sides), 8, size // 2).astype(np.int64)
     if with_twins:
-        looks[1] = looks[0]
-        sides[1] = sides[0]
+        for k in range(1, copies):
+            looks[k] = looks[0]
+            sides[k] = sides[0]
     while True:
         boxes: list[np.ndarray] = []
         for w, h in sides:
@@ -73,6 +82,33 @@ def twin_reference(rng: np.random.Generator, objects: list[SceneObject]) -> Opti
     if not options:
         return None
     return options[int(rng.integers(len(options)))]
+
+
+def conjunctions(objects: list[SceneObject], copies: int) -> dict[int, list[tuple[Condition, Condition]]]:
+    """For each copy of an identical triple, the pairs of conditions that together pick it out and alone do not.
+
+    A pair ``((ref1, rel1), (ref2, rel2))`` for copy ``k``: two different unique references; ``rel1`` holds
+    between ``k`` and ``ref1`` and for one other copy ``i``, while the third copy ``j`` is strictly on the
+    opposite side of ``ref1``; ``rel2`` holds for ``k`` and ``j`` and ``i`` is strictly opposite. So each
+    relation alone leaves two candidates and only their conjunction leaves ``k`` (crisply: the excluded copy is
+    on the other side, as for the twins). Copies without such a pair are left out.
+    """
+    members = range(copies)
+    holding: dict[Condition, frozenset[int]] = {}
+    for ref in range(copies, len(objects)):
+        for rel in RELATIONS:
+            yes = frozenset(k for k in members if relation_holds(rel, objects[k].box, objects[ref].box))
+            opposite = [k for k in members if relation_holds(OPPOSITE[rel], objects[k].box, objects[ref].box)]
+            if len(yes) == copies - 1 and len(opposite) == 1:  # two copies on one side, the third opposite
+                holding[(ref, rel)] = yes
+    found: dict[int, list[tuple[Condition, Condition]]] = {}
+    conditions = sorted(holding)
+    for a, first in enumerate(conditions):
+        for second in conditions[a + 1:]:
+            both = holding[first] & holding[second]
+            if first[0] != second[0] and len(both) == 1:
+                found.setdefault(next(iter(both)), []).append((first, second))
+    return found
 
 
 def draw_scene(rng: np.random.Generator, objects: list[SceneObject], size: int) -> Image.Image:
