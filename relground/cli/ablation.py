@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("ablation", help="Tables 2 and 3 on the synthetic benchmark (Markdown)",
                               description=__doc__.split("\n\n")[1])
     p.add_argument("--out", default="outputs/ablation", help="output folder (default outputs/ablation)")
-    p.add_argument("--seeds", type=int, default=3, help="training seeds per row (default 3)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="training seeds per row on one benchmark (default 3; not with --data-seeds)")
     p.add_argument("--images", type=int, default=DEFAULT_IMAGES, help=f"synthetic images (default {DEFAULT_IMAGES})")
     p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
                    help=f"training iterations per run (default {DEFAULT_ITERATIONS})")
@@ -44,8 +45,11 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
+    if args.seeds is not None and args.data_seeds is not None:
+        raise ValueError("--seeds: not with --data-seeds (each data seed is also its run's training seed)")
     result = run_ablation(
-        args.out, rows=[n.strip() for n in args.rows.split(",") if n.strip()], seeds=args.seeds, images=args.images,
+        args.out, rows=[n.strip() for n in args.rows.split(",") if n.strip()],
+        seeds=3 if args.seeds is None else args.seeds, images=args.images,
         iterations=args.iterations, data_seed=args.data_seed, data_seeds=_integers("--data-seeds", args.data_seeds),
         multi_relation=args.multi_relation,
         config=args.config, overrides=args.overrides, method_from=args.method_from,

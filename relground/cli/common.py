@@ -12,7 +12,8 @@ def add_experiment_arguments(parser, applies_to: str, json_line: str) -> None:
                         help="base config: a YAML file or a shipped config name (default: synthetic.yaml)")
     parser.add_argument("--method-from", default=None, metavar="CONFIG",
                         help="train the method switches of this config (e.g. flickr30k_reir.yaml) at the base "
-                             "config's scale: relground.config.method")
+                             "config's scale (relground.config.method); all of them, top_k and loss.lambda_reg "
+                             "included, as the config sets them")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help=f"config override for {applies_to}, repeatable")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,

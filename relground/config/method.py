@@ -6,9 +6,9 @@ few method switches where they differ are listed, with the measured reason, next
 ``configs/synthetic.yaml`` (``tests/config/test_method_switches.py`` holds them to that). To see how a
 real-data configuration's method does on the synthetic benchmark, carry it over::
 
-    cfg = load_config("configs/synthetic.yaml")
-    model = with_method_of(cfg.model, load_config("configs/flickr30k_reir.yaml").model)
-    differences = method_differences(cfg.model, other.model)   # {"top_k": (10, 5), ...}
+    synthetic, real = load_config("configs/synthetic.yaml").model, load_config("configs/flickr30k_reir.yaml").model
+    model = with_method_of(synthetic, real)           # the real-data method at the synthetic scale
+    differences = method_differences(synthetic, real)   # {"top_k": (10, 5), ...}
 """
 from __future__ import annotations
 

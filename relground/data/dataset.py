@@ -358,7 +358,7 @@ def _torch_dataloader(cfg: DataConfig, dataset: GroundingDataset, train: bool, r
     if cfg.loader == "dali":
         return DaliGroundingLoader(
             dataset, cfg.batch_size, shuffle=train, rank=rank, world_size=world_size, seed=seed,
-            num_threads=max(1, cfg.num_workers), device_id=device_id, shape_buckets=cfg.shape_buckets,
+            num_threads=max(1, cfg.num_workers), device_id=device_id, shape_buckets=cfg.shape_buckets and train,
             image_bucket=cfg.image_bucket,
         )
     if train and cfg.captions_per_image > 1:
@@ -371,7 +371,7 @@ def _torch_dataloader(cfg: DataConfig, dataset: GroundingDataset, train: bool, r
             dataset,
             batch_sampler=batch_sampler,
             num_workers=cfg.num_workers,
-            collate_fn=GroundingCollate(cfg.num_relation_classes, cfg.shape_buckets, cfg.image_bucket),
+            collate_fn=GroundingCollate(cfg.num_relation_classes, cfg.shape_buckets and train, cfg.image_bucket),
             pin_memory=torch.cuda.is_available(),
             persistent_workers=cfg.num_workers > 0,
         )
@@ -389,7 +389,7 @@ def _torch_dataloader(cfg: DataConfig, dataset: GroundingDataset, train: bool, r
         shuffle=train and sampler is None,
         sampler=sampler,
         num_workers=cfg.num_workers,
-        collate_fn=GroundingCollate(cfg.num_relation_classes, cfg.shape_buckets, cfg.image_bucket),
+        collate_fn=GroundingCollate(cfg.num_relation_classes, cfg.shape_buckets and train, cfg.image_bucket),
         pin_memory=torch.cuda.is_available(),
         persistent_workers=cfg.num_workers > 0,
         drop_last=train,

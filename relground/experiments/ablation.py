@@ -4,7 +4,8 @@ Every row is trained with ``seeds`` seeds on the same benchmark and schedule, ev
 (and on the validation split, which is where K is chosen), and reported as mean +- standard deviation (sample
 std over seeds) of Acc, PointIt, and Acc on phrases whose object has an identical twin. Each finished run is
 stored in ``OUT/runs/<row>-seed<s>/metrics.json``; a rerun with the same ``out`` reuses them, so an
-interrupted ablation continues where it stopped::
+interrupted ablation continues where it stopped (a run is reused only when its whole config, folders aside, and its
+benchmark's arguments are the same; any other run's folder is replaced by a new training)::
 
     result = run_ablation("outputs/ablation", rows=["baseline", "full"], seeds=3, log=print)
 
@@ -16,6 +17,7 @@ With ``data_seeds`` the spread covers the benchmark too: run ``i`` generates the
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from relground.config import to_dict
 from relground.experiments.demo import DEFAULT_IMAGES  # same benchmark size as the demo
 from relground.experiments.synthetic import prepare_synthetic, synthetic_config, train_and_evaluate
 
@@ -120,27 +123,32 @@ def run_ablation(
     for name in names:
         row = ROWS[name]
         run_name = "full" if row.overrides.get("top_k") == config_k and row.preset == "full" else name
-        for data, _, seed, suffix in plan:
+        for data, seed_of_data, seed, suffix in plan:
             run_dir = out / "runs" / f"{run_name}-{suffix}"
             done = run_dir / "metrics.json"
-            if done.is_file() and json.loads(done.read_text()).get("iterations") == iterations:
-                metrics = json.loads(done.read_text())["metrics"]
+            cfg = synthetic_config(config, out / data, run_dir, preset=row.preset, iterations=iterations,
+                                   seed=seed, overrides=overrides, model_overrides=row.overrides,
+                                   method_from=method_from)
+            key = _run_key(cfg, images, seed_of_data, multi_relation)
+            stored = json.loads(done.read_text()) if done.is_file() else {}
+            if stored.get("run") == key:  # the same config on the same benchmark: reuse it
+                metrics = stored["metrics"]
             else:
-                cfg = synthetic_config(config, out / data, run_dir, preset=row.preset, iterations=iterations,
-                                       seed=seed, overrides=overrides, model_overrides=row.overrides,
-                                       method_from=method_from)
+                shutil.rmtree(run_dir, ignore_errors=True)  # another config's or an interrupted run: replaced
                 result = train_and_evaluate(cfg, split="test")
                 metrics = {**result["metrics"], "val": result["trained"].evaluate("val")}
-                done.write_text(json.dumps({"iterations": iterations, "seed": seed, "metrics": metrics}))
+                done.write_text(json.dumps({"iterations": iterations, "seed": seed, "run": key, "metrics": metrics}))
             runs.setdefault(name, []).append(metrics)
             log(f"{name} {suffix}: Acc {100 * metrics['accuracy']:.2f}%")
 
     summary = {name: summarize(ms) for name, ms in runs.items()}
     table = markdown_tables(summary, images=images, data_seed=data_seed, iterations=iterations, seeds=seeds,
-                            config_k=config_k, data_seeds=data_seeds, multi_relation=multi_relation)
+                            config_k=config_k, data_seeds=data_seeds, multi_relation=multi_relation,
+                            method_from=method_from)
     (out / "ablation.md").write_text(table + "\n")
-    result = {"rows": summary, "seeds": len(plan), "data_seeds": [p[1] for p in plan], "images": images,
-              "iterations": iterations, "multi_relation": multi_relation,
+    result = {"rows": summary, "runs_per_row": len(plan), "run_data_seeds": [p[1] for p in plan], "images": images,
+              "iterations": iterations, "multi_relation": multi_relation, "config": config,
+              "method_from": method_from, "overrides": list(overrides),
               "seconds": round(time.perf_counter() - start, 1), "markdown": str(out / "ablation.md")}
     (out / "ablation.json").write_text(json.dumps({**result, "runs": runs}, indent=2))
     return {**result, "table": table}
@@ -156,6 +164,14 @@ def _run_plan(
     if not data_seeds or len(set(data_seeds)) != len(data_seeds) or min(data_seeds) < 0:
         raise ValueError(f"--data-seeds: distinct non-negative integers expected, got {data_seeds}")
     return [(f"data-seed{d}", d, d, f"data{d}") for d in data_seeds]
+
+
+def _run_key(cfg, images: int, data_seed: int, multi_relation: float) -> dict:
+    """What a stored run must match to be reused: its whole config but the folders, and its benchmark's arguments."""
+    config = to_dict(cfg)
+    config.pop("output_dir")
+    config["data"].pop("root")
+    return json.loads(json.dumps({"config": config, "benchmark": [images, data_seed, multi_relation]}))
 
 
 def _data_args(data: Path) -> tuple[Optional[int], Optional[int], float]:
@@ -192,7 +208,7 @@ def _cell(stat: dict) -> str:
 
 def markdown_tables(
     summary: dict[str, dict], *, images: int, data_seed: int, iterations: int, seeds: int, config_k: int,
-    data_seeds: Optional[Sequence[int]] = None, multi_relation: float = 0.0,
+    data_seeds: Optional[Sequence[int]] = None, multi_relation: float = 0.0, method_from: Optional[str] = None,
 ) -> str:
     """Table 2 and Table 3 as Markdown, rows that were not run left out; ``config_k`` is the config's K."""
     if data_seeds is None:
@@ -204,6 +220,8 @@ def markdown_tables(
                   f"the {len(data_seeds)} benchmarks, in %.\n")
     if multi_relation:
         header += f"Multi-relation images: generator option multi_relation = {multi_relation:g}.\n"
+    if method_from:
+        header += f"Method switches of {method_from}, carried to the base config's scale (--method-from).\n"
     lines = [header]
     table2_rows = [row for row in TABLE2 if row.name in summary]
     if table2_rows:

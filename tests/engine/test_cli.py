@@ -275,7 +275,7 @@ def test_ablation_over_data_seeds_trains_each_benchmark_with_its_own_seed(tmp_pa
     common = ["--rows", "baseline", "--images", "10", "--iterations", "1", "--set", "solver.ims_per_batch=4",
               "--json"]
     result = run_json(capsys, ["ablation", "--out", str(tmp_path / "abl"), "--data-seeds", "0,1", *common])
-    assert result["data_seeds"] == [0, 1] and result["rows"]["baseline"]["accuracy"]["n"] == 2
+    assert result["run_data_seeds"] == [0, 1] and result["rows"]["baseline"]["accuracy"]["n"] == 2
     props = [json.loads((tmp_path / "abl" / f"data-seed{d}" / "synthetic.json").read_text()) for d in (0, 1)]
     assert [p["seed"] for p in props] == [0, 1]
     stored = [json.loads((tmp_path / "abl" / "runs" / f"baseline-data{d}" / "metrics.json").read_text())
@@ -285,12 +285,14 @@ def test_ablation_over_data_seeds_trains_each_benchmark_with_its_own_seed(tmp_pa
     single = run_json(capsys, ["ablation", "--out", str(tmp_path / "one"), "--data-seed", "1", "--seeds", "2",
                                *common])
     one = json.loads((tmp_path / "one" / "ablation.json").read_text())["runs"]["baseline"][1]
-    assert one == stored[1]["metrics"] and single["data_seeds"] == [1, 1]
+    assert one == stored[1]["metrics"] and single["run_data_seeds"] == [1, 1]
     assert "data seeds 0, 1" in (tmp_path / "abl" / "ablation.md").read_text()
     assert main(["ablation", "--out", str(tmp_path / "x"), "--data-seeds", "1,1"]) == 2
     assert "--data-seeds" in capsys.readouterr().err
     assert main(["ablation", "--out", str(tmp_path / "x"), "--data-seeds", "a"]) == 2
     assert "--data-seeds" in capsys.readouterr().err
+    assert main(["ablation", "--out", str(tmp_path / "x"), "--data-seeds", "0,1", "--seeds", "2"]) == 2
+    assert "--seeds" in capsys.readouterr().err
 
 
 def test_ablation_on_the_multi_relation_benchmark_generates_it(tmp_path, capsys):
@@ -300,8 +302,15 @@ def test_ablation_on_the_multi_relation_benchmark_generates_it(tmp_path, capsys)
     props = json.loads((tmp_path / "abl" / "data" / "synthetic.json").read_text())
     assert result["multi_relation"] == 1.0 and props["multi_relation"] == 1.0 and props["triple_image_share"] > 0
     assert "multi_relation = 1" in (tmp_path / "abl" / "ablation.md").read_text()
-    run_json(capsys, argv)  # the same folder without the option: the benchmark is generated again, without it
+    done = tmp_path / "abl" / "runs" / "baseline-seed0" / "metrics.json"
+    stamp = done.stat().st_mtime_ns
+    run_json(capsys, argv)  # the same folder without the option: the benchmark is generated again, without it,
     assert "multi_relation" not in json.loads((tmp_path / "abl" / "data" / "synthetic.json").read_text())
+    assert done.stat().st_mtime_ns != stamp  # and the run on the other benchmark is not reused
+    assert json.loads(done.read_text())["run"]["benchmark"] == [12, 0, 0.0]
+    stamp = done.stat().st_mtime_ns
+    run_json(capsys, [*argv, "--set", "model.cls_bias=20"])  # another config: trained again too
+    assert done.stat().st_mtime_ns != stamp
 
 
 @pytest.mark.slow

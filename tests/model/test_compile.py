@@ -37,6 +37,8 @@ CONFIGS = {
     # the synthetic config with its feature cache off (the cache is a host store; see test_cache_outside_step)
     "synthetic": lambda **c: section("synthetic", cache_features=False, **c),
     "flickr30k": lambda **c: section("flickr30k_reir", **c),
+    # the authors' code: fused stage-2 pooling, shared heads, F_reg on x_o with gradient, one-Linear F_cls
+    "flickr30k_authors": lambda **c: section("flickr30k_reir_authors", **c),
 }
 
 

@@ -76,7 +76,8 @@ def generate_synthetic(out, num_images: int = 2000, seed: int = 0, image_size: i
         ``refinable_share_of_those`` (of those, the share with a proposal of IoU in [0.3, 0.5) that overlaps
         another proposal with IoU >= 0.6), ``twin_phrase_share`` (the phrase's single box has an identical
         twin), ``appearance_only_upper_bound`` (expected accuracy of a grounder that knows every object's
-        appearance and the true boxes but ignores relations: 1 - twin_phrase_share / 2),
+        appearance and the true boxes but ignores relations: one minus the expected misses of guessing among
+        identical copies, 1/2 per twin and 2/3 per copy of a triple, over the grounded phrases),
         ``label_noise_share`` (object proposals with a wrong class), ``num_templates`` (distinct sentence
         frames used), plus counts, ``splits``, ``class_names``, ``seconds`` and ``workers``. With
         ``multi_relation > 0`` also: ``multi_relation``, ``multi_relation_image_share``, ``triple_image_share``,
@@ -132,8 +133,8 @@ def generate_synthetic(out, num_images: int = 2000, seed: int = 0, image_size: i
         "grounded", "no_proposal_05", "refinable", "twin", "captions", "objects", "proposals", "object_proposals",
         "wrong_labels", "twin_image", "triple", "related", "multi_related", "conjunction", "multi_image",
         "triple_image")}
-    # Expected accuracy of guessing among identical copies: 1/2 for a twin, 1/3 for a copy of a triple.
-    guessed = 0.5 * (total["twin"] - total["triple"]) + (2 / 3) * total["triple"]
+    # Expected misses of guessing among identical copies: 1/2 for a twin, 2/3 for a copy of a triple.
+    expected_misses = 0.5 * (total["twin"] - total["triple"]) + (2 / 3) * total["triple"]
     frames = sorted({f for r in results for f in r[2]["frames"]})
     props = {
         "images": num_images,
@@ -148,7 +149,7 @@ def generate_synthetic(out, num_images: int = 2000, seed: int = 0, image_size: i
         "refinable_share_of_those": total["refinable"] / max(total["no_proposal_05"], 1),
         "twin_image_share": total["twin_image"] / num_images,
         "twin_phrase_share": total["twin"] / max(total["grounded"], 1),
-        "appearance_only_upper_bound": 1.0 - guessed / max(total["grounded"], 1),
+        "appearance_only_upper_bound": 1.0 - expected_misses / max(total["grounded"], 1),
         "label_noise_share": total["wrong_labels"] / max(total["object_proposals"], 1),
         "num_templates": len(frames),
         "num_relation_phrasings": sum(len(v) for v in RELATIONS.values()),
