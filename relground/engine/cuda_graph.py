@@ -9,14 +9,18 @@ PyTorch's "whole-network capture" pattern (CUDA semantics, "CUDA Graphs")::
 
 1. The batch is padded to its bucket (:func:`relground.data.collate.pad_to_buckets`, idempotent when the loader
    did it with ``data.shape_buckets``) and keyed by its tensors' shapes, dtypes and devices and by the model's
-   schedule phase (:func:`schedule_phase`: a step before and after ``refine_start_iteration`` differs).
+   phase (:func:`schedule_phase`: the model's ``step_phase(iteration)``, e.g. ReIR's before and after
+   ``refine_start_iteration``; a captured step replays the branches it was captured with).
 2. A new key: the batch is copied into new static input buffers; warm-up steps run on a side stream (lazy
    initialisations: cuBLAS/cuDNN workspaces, autograd state), after which the parameters, buffers, momentum and RNG
    states are put back as they were (the warm-up trains nothing); ``optimizer.zero_grad(set_to_none=True)``, so
-   that backward allocates the gradients from the graph's private memory pool; the step is captured with
-   ``torch.cuda.graph`` (``capture_error_mode="thread_local"``: the loader's pin-memory thread may allocate pinned
-   memory meanwhile). A capture runs nothing: the step is then replayed.
+   that backward allocates the gradients from the graphs' memory pool; the step is captured with
+   ``torch.cuda.graph`` on that same side stream (as ``torch.cuda.make_graphed_callables`` does: the workspaces
+   the warm-up made are the capture's; ``capture_error_mode="thread_local"``: the loader's pin-memory thread may
+   allocate pinned memory meanwhile). A capture runs nothing: the step is then replayed.
 3. A known key: the batch is copied into its buffers and the graph replayed.
+4. A step of another phase than the previous step's drops the graphs of every other phase with their static
+   inputs (the iteration only grows, so they would never replay again; :meth:`CudaGraphStep.reset` after a resume).
 
 The optimizer must be torch's fused SGD (what :func:`relground.engine.solver.build_optimizer` picks on CUDA): its
 kernel reads the lr from a float32 device tensor when given one (``torch._fused_sgd_``'s tensor-lr overload),
@@ -25,18 +29,27 @@ whereas the foreach path turns a tensor lr into a host scalar. During warm-up an
 without graphs), and is written into the tensor (``fill_``, no host sync) before every replay. Every momentum
 buffer exists before capture (:func:`ensure_momentum_buffers`), so the captured step is not a "first step".
 Autocast runs with ``cache_enabled=False`` (its cast cache may not outlive a capture). The losses are written
-into one static float64 device tensor ``[1 + T]`` that the caller reads once (it is overwritten by the next
-replay of that graph).
+into one static float64 device tensor ``[1 + T]`` per graph that the caller reads before the next step (a later
+replay of any graph may overwrite it, see below).
 
-Each graph keeps its own memory pool, so :data:`MAX_GRAPHS` caps their number; a batch with a new shape beyond it
-runs eagerly (same arithmetic, with a warning once). :attr:`CudaGraphStep.counts` says how many steps were
-captured, replayed and run eagerly. After the optimizer's state is replaced (``load_state_dict``: new momentum
-tensors), :meth:`CudaGraphStep.reset` drops the graphs.
+Memory: all graphs share one private pool (``torch.cuda.graph_pool_handle()``), so the pool holds about one step's
+peak rather than one per captured shape. PyTorch documents sharing as safe for graphs replayed in their capture
+order and never concurrently; ours replay in data order, which is safe for the reason behind that rule: no graph
+reads memory another graph wrote. Replays never overlap (one thread, one after the other on the current stream);
+each replay reads only tensors allocated outside the pool (parameters, buffers, momentum, the lr tensors, its
+static inputs, cloned before capture) and writes every intermediate before reading it; the pool tensors that
+outlive a replay are its loss values (read by the caller before the next step) and the gradients (read by nothing
+outside the graph; set to None before every capture and eager step). :data:`MAX_GRAPHS` caps the live graphs (each
+costs a capture and its loss tensor); a batch with a new shape beyond them runs eagerly (same arithmetic, with a
+warning once). :attr:`CudaGraphStep.counts` says how many steps were captured, replayed and run eagerly. After the
+optimizer's state is replaced (``load_state_dict``: new momentum tensors), :meth:`CudaGraphStep.reset` drops the
+graphs.
 
 Limits: a :class:`~relground.structures.batch.GroundingBatch`, one process (no DDP), one micro-batch per step,
 no fp16 GradScaler, no host store inside the step (``model.cache_features``), and a model whose training step
-reads no device value on the host and copies nothing from the host (``model.static_shapes``). Not yet run on a
-GPU: written against the PyTorch documentation and source, tested on CPU only where no capture is involved.
+reads no device value on the host and copies nothing from the host (``model.static_shapes``, a frozen backbone).
+A capture that runs out of memory raises ``torch.OutOfMemoryError`` unchanged. Not yet run on a GPU: written
+against the PyTorch documentation and source, tested on CPU only where no capture is involved.
 """
 from __future__ import annotations
 
@@ -48,29 +61,24 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 
 from relground.data.collate import pad_to_buckets
+from relground.engine import distributed as du
 from relground.engine.solver import ensure_momentum_buffers
-from relground.model.stages import batch_image_ids
-from relground.structures.batch import GroundingBatch, image_codes
+from relground.model.stages import with_image_codes
+from relground.structures.batch import GroundingBatch
 
 WARMUP_STEPS = 3  # the documented example's warm-up before a capture
-MAX_GRAPHS = 16  # captured shapes kept; a new shape beyond them runs eagerly
+MAX_GRAPHS = 16  # live graphs (shapes of the current phase); a new shape beyond them runs eagerly
 
 
-def schedule_phase(model: nn.Module, iteration: int) -> tuple[bool, ...]:
-    """The branches of the model's training step that depend on the iteration number, as booleans (part of a
-    graph's key: a captured step replays the branch it was captured with). For ReIR: re-pooling of the refined
-    boxes (``model.refine_start_iteration``) and the regression loss (``loss.regression_start_iteration``),
-    read from ``model.cfg``; () for a model without them."""
-    cfg = getattr(model, "cfg", None)
-    starts = (
-        getattr(cfg, "refine_start_iteration", None),
-        getattr(getattr(cfg, "loss", None), "regression_start_iteration", None),
-    )
-    return tuple(iteration >= start for start in starts if start is not None)
+def schedule_phase(model: nn.Module, iteration: int) -> Hashable:
+    """The branches of ``model``'s training step that depend on the iteration number (part of a graph's key: a
+    captured step replays the branches it was captured with): ``model.step_phase(iteration)`` when the model has
+    that method (:meth:`relground.model.ReIR.step_phase`), else 0 (one phase)."""
+    step_phase = getattr(model, "step_phase", None)
+    return 0 if step_phase is None else step_phase(iteration)
 
 
 def graph_key(batch: GroundingBatch, phase: Hashable = ()) -> tuple:
@@ -86,24 +94,9 @@ def graph_key(batch: GroundingBatch, phase: Hashable = ()) -> tuple:
     return tuple(fields), phase
 
 
-def with_image_codes(batch: GroundingBatch) -> GroundingBatch:
-    """``batch`` with its integer image codes (``image_keys``, ``image_index``, ``image_firsts``), made on the host
-    and copied here when the collate function did not make them, as ``ReIR._prepare_static`` would inside the step
-    (a host-to-device copy cannot be captured). Without image ids every item is its own image."""
-    if batch.image_index is not None:
-        return batch
-    ids = batch_image_ids(batch)
-    codes = image_codes(ids) if ids is not None else {"image_keys": None, "image_index": None, "image_firsts": None}
-    if codes["image_index"] is None:
-        every = torch.arange(batch.batch_size)
-        codes = {"image_keys": None, "image_index": every, "image_firsts": every}
-    device = batch.images.device
-    return dataclasses.replace(batch, **{k: None if v is None else v.to(device) for k, v in codes.items()})
-
-
 def check_capturable(model: nn.Module, optimizer: Optimizer) -> None:
     """Raise ``ValueError`` naming the setting when ``model`` and ``optimizer`` cannot be captured as one step."""
-    if isinstance(model, DistributedDataParallel):
+    if du.is_distributed():  # checked before the model is wrapped: the process group is what tells
         raise ValueError("train.cuda_graph runs in one process (DistributedDataParallel's all-reduce is not captured)")
     if not getattr(model, "static_shapes", False):
         raise ValueError(
@@ -132,7 +125,7 @@ class _Captured:
 
 class CudaGraphStep:
     """One training step (forward, losses, backward, optional gradient clipping, optimizer step) replayed from a
-    CUDA graph captured per batch shape (module docstring).
+    CUDA graph captured per batch shape and phase (module docstring).
 
     Args:
         model: in training mode, on CUDA, with ``static_shapes`` (:func:`check_capturable`); called as
@@ -143,7 +136,7 @@ class CudaGraphStep:
         pad: pads a batch to its bucketed shapes. Default :func:`pad_to_buckets` (128-pixel image buckets).
         phase: ``(model, iteration) -> hashable``, the iteration-dependent branches. Default :func:`schedule_phase`.
         warmup_steps: warm-up steps before each capture (undone). Default 3.
-        max_graphs: captured shapes kept (each holds its own memory pool). Default 16.
+        max_graphs: live graphs kept (the current phase's shapes; all share one memory pool). Default 16.
     """
 
     def __init__(
@@ -169,6 +162,9 @@ class CudaGraphStep:
         self.lr = [torch.zeros((), dtype=torch.float32, device=self.device) for _ in optimizer.param_groups]
         self.graphs: dict[tuple, _Captured] = {}
         self.counts = {"captured": 0, "replayed": 0, "eager": 0}
+        self.stream: Optional[torch.cuda.Stream] = None  # warm-ups and captures, made at the first capture
+        self.pool: Optional[Any] = None  # the graphs' shared memory pool handle, made at a capture when None
+        self.current_phase: Optional[Hashable] = None  # the previous step's phase
 
     def __call__(self, batch: GroundingBatch, iteration: int) -> tuple[Tensor, list[str]]:
         """Run one training step on ``batch`` (replayed, captured first for a new shape, or eager beyond
@@ -176,17 +172,21 @@ class CudaGraphStep:
 
         Returns:
             ``(values, names)``: values (Tensor[1 + T] float64, on the device): ``total_loss`` then the T terms
-            ``names``; read it before the next step (a replay overwrites it).
+            ``names``; read it before the next step (a later replay may overwrite it).
         """
         batch = self.pad(with_image_codes(batch.to(self.device, non_blocking=True)))
         batch = dataclasses.replace(batch, meta=[])  # nothing in a static step reads strings
-        key = graph_key(batch, self.phase(self.model, iteration))
+        phase = self.phase(self.model, iteration)
+        if phase != self.current_phase:  # the other phases' graphs will not replay again: free them
+            self._drop(keep=lambda key: key[1] == phase)
+            self.current_phase = phase
+        key = graph_key(batch, phase)
         entry = self.graphs.get(key)
         if entry is None and len(self.graphs) >= self.max_graphs:
             if self.counts["eager"] == 0:
                 warnings.warn(
-                    f"train.cuda_graph: {self.max_graphs} batch shapes captured already; steps with a new shape run "
-                    "eagerly (data.shape_buckets keeps the shapes few)",
+                    f"train.cuda_graph: {self.max_graphs} batch shapes of this phase captured already; steps with a "
+                    "new shape run eagerly (data.shape_buckets keeps the shapes few)",
                     RuntimeWarning,
                 )
             self.counts["eager"] += 1
@@ -204,7 +204,19 @@ class CudaGraphStep:
 
     def reset(self) -> None:
         """Drop every captured graph (after the optimizer's or the model's tensors were replaced)."""
-        self.graphs.clear()
+        self._drop()
+        self.current_phase = None
+
+    def _drop(self, keep: Callable[[tuple], bool] = lambda key: False) -> None:
+        """Drop the graphs whose key ``keep`` refuses, with their static inputs and loss tensors. ``reset()``
+        gives up a graph's share of the pool now rather than at garbage collection. With no graph left the next
+        capture takes a new pool: the allocator shares a pool only while a live graph holds it (an internal assert
+        otherwise), and the old one is freed once its last tensors are (the gradients, at the next
+        ``zero_grad``)."""
+        for key in [key for key in self.graphs if not keep(key)]:
+            self.graphs.pop(key).graph.reset()
+        if not self.graphs:
+            self.pool = None
 
     def _step(self, batch: GroundingBatch, iteration: int) -> tuple[Tensor, list[str]]:
         """The step itself, as captured: forward + losses under autocast, backward, clipping, optimizer step."""
@@ -224,7 +236,11 @@ class CudaGraphStep:
         ensure_momentum_buffers(self.optimizer)
         self._write_lr()
         saved = self._state()
-        side = torch.cuda.Stream(self.device)
+        if self.stream is None:  # every warm-up and capture on one stream (captures sharing a pool need the same)
+            self.stream = torch.cuda.Stream(self.device)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        side = self.stream
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side), self._tensor_lr():
             for _ in range(self.warmup_steps):
@@ -232,12 +248,18 @@ class CudaGraphStep:
                 self._step(inputs, iteration)
         torch.cuda.current_stream(self.device).wait_stream(side)
         self._restore(saved)
-        self.optimizer.zero_grad(set_to_none=True)  # backward allocates the gradients from the graph's pool
+        self.optimizer.zero_grad(set_to_none=True)  # backward allocates the gradients from the graphs' pool
         graph = torch.cuda.CUDAGraph()
         try:
-            with self._tensor_lr(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            with self._tensor_lr(), torch.cuda.graph(
+                graph, pool=self.pool, stream=side, capture_error_mode="thread_local"
+            ):
                 values, names = self._step(inputs, iteration)
         except RuntimeError as e:
+            if not self.graphs:
+                self.pool = None  # the failed graph was the pool's only holder (see _drop)
+            if isinstance(e, torch.OutOfMemoryError):
+                raise  # a RuntimeError too, but no host synchronisation: unchanged
             raise RuntimeError(
                 "train.cuda_graph: capturing the training step failed; the step must neither read a device value on "
                 "the host nor copy from host memory (e.g. torch.tensor(..., device='cuda')) inside it: "

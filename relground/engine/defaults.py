@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -40,6 +41,7 @@ from relground.engine import distributed as du
 from relground.engine.checkpoint import (
     CheckpointError, Checkpointer, check_resumable, config_differences, find_loadable_checkpoint, warn_broken_checkpoints,
 )
+from relground.engine.cuda_graph import MAX_GRAPHS
 from relground.engine.hooks import HookBase
 from relground.engine.solver import per_process_batch_size
 from relground.engine.trainer import Trainer
@@ -297,14 +299,18 @@ def check_ranks_resume_alike(path: Optional[Path], state: Optional[dict[str, Any
 
 
 def check_cuda_graph(cfg: Config) -> None:
-    """``train.cuda_graph``'s needs outside the ``train`` section (the section's own are checked by
-    :class:`~relground.config.train.TrainConfig`, the model and optimizer by the trainer), all named at once.
+    """``train.cuda_graph``'s needs beyond :class:`~relground.config.train.TrainConfig`'s own checks (the trainer
+    checks the model and optimizer again), all named at once. ``data.image_bucket: 0`` (one capture per distinct
+    image size; fine when the images have one size) is warned about, not refused.
 
     Raises:
         ValueError: naming each setting that must change.
     """
     if not cfg.train.cuda_graph:
         return
+    if cfg.data.image_bucket == 0:
+        warnings.warn(f"train.cuda_graph with data.image_bucket: 0 captures a graph per distinct image size "
+                      f"({MAX_GRAPHS} at most, later sizes run eagerly); 128 keeps them few", RuntimeWarning, 2)
     problems = []
     if not cfg.model.static_shapes:
         problems.append("model.static_shapes: true (the default step reads counts on the host)")
@@ -312,6 +318,12 @@ def check_cuda_graph(cfg: Config) -> None:
         problems.append("data.shape_buckets: true (one graph is captured per batch shape)")
     if cfg.model.cache_features:
         problems.append("model.cache_features: false (the feature cache is a host store)")
+    if not cfg.model.freeze_backbone:  # the CUDA roi_align_avg backward (trainable backbone only) calls .item()
+        problems.append("model.freeze_backbone: true (a trainable backbone's RoI-pooling backward reads the host)")
+    if cfg.train.compile:
+        problems.append("train.compile: false (pick one: train.cuda_graph also replays backward and the optimizer "
+                        "step; train.compile fuses the forward's kernels; together untested, and a recompilation "
+                        "during a capture would break it)")
     if resolve_device(cfg.train.device).type != "cuda":
         problems.append(f"a CUDA device (train.device={cfg.train.device!r} resolves to the CPU here)")
     if problems:

@@ -118,9 +118,7 @@ class Trainer:
         self.scheduler = build_lr_scheduler(solver, self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.graph_step: Optional[CudaGraphStep] = None
-        if cfg.cuda_graph:
-            if du.is_distributed():
-                raise ValueError("train.cuda_graph runs in one process (DistributedDataParallel is not captured)")
+        if cfg.cuda_graph:  # before the DDP wrapper: CudaGraphStep refuses a process group (check_capturable)
             options = {} if pad_batch is None else {"pad": pad_batch}
             self.graph_step = CudaGraphStep(
                 model, self.optimizer, amp_dtype=self.amp_dtype, clip_grad_norm=solver.clip_grad_norm, **options

@@ -49,7 +49,7 @@ from relground.losses import (
 )
 from relground.losses.ranking import global_ranking_loss
 from relground.ops import _reference
-from relground.structures.batch import GroundingBatch, image_codes, image_key
+from relground.structures.batch import GroundingBatch, image_key
 from relground.model.backbone import ImageMaps, ResNetBackbone
 from relground.model.box_head import BoxHead
 from relground.model.matching import BOX_CODER_WEIGHTS, BoxDecoder, MatchingHeads, gather_topk, prior_attention
@@ -66,6 +66,7 @@ from relground.model.stages import (
     detach_all,
     keep_gradient,
     pick,
+    with_image_codes,
 )
 from relground.model.vogn import (
     RelationalGeometryMessages,
@@ -244,20 +245,20 @@ class ReIR(nn.Module):
 
         self._compiled_step = step
 
+    def step_phase(self, iteration: Optional[int]) -> tuple[bool, bool]:
+        """The branches of a step that depend on ``iteration``, as :meth:`forward` computes them: (re-pool the
+        refined boxes: ``refine_start_iteration``; the regression loss: ``loss.regression_start_iteration``). Steps
+        of one phase run the same operations (``train.cuda_graph`` captures a graph per batch shape and phase)."""
+        return (
+            iteration is None or iteration >= self.cfg.refine_start_iteration,
+            iteration is None or iteration >= self.cfg.loss.regression_start_iteration,
+        )
+
     def _prepare_static(self, batch: GroundingBatch) -> tuple[GroundingBatch, Optional[ImageMaps]]:
         """Host-side part of a static-shape step: the batch's integer image codes (when the collate function did
         not make them), the cached maps (the feature cache is a host store: it stays outside a compiled step), and
         the batch without its ``meta`` (nothing in the step reads strings)."""
-        if batch.image_index is None:
-            ids = batch_image_ids(batch)
-            if ids is None:
-                every = torch.arange(batch.batch_size)
-                codes = {"image_keys": None, "image_index": every, "image_firsts": every}
-            else:
-                codes = image_codes(ids)
-            device = batch.images.device
-            codes = {k: None if v is None else v.to(device, non_blocking=True) for k, v in codes.items()}
-            batch = dataclasses.replace(batch, **codes)
+        batch = with_image_codes(batch)
         maps = None
         if self.backbone.cache is not None:
             maps = self.backbone.shared_image_maps(batch.images, batch.image_sizes, batch_image_ids(batch))

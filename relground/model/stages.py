@@ -3,13 +3,14 @@ chooses once at construction for the variants beyond the paper (stage isolation,
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-from relground.structures.batch import GroundingBatch
+from relground.structures.batch import GroundingBatch, image_codes
 
 
 # Stage isolation (``detach_stage2_inputs``, ``detach_regression_inputs``): pass the inputs on, or cut their gradient.
@@ -99,6 +100,25 @@ def batch_image_ids(batch: GroundingBatch) -> Optional[list[str]]:
     if len(batch.meta) != batch.batch_size or any("image_id" not in m for m in batch.meta):
         return None
     return [str(m["image_id"]) for m in batch.meta]
+
+
+def with_image_codes(batch: GroundingBatch) -> GroundingBatch:
+    """``batch`` with its integer image codes (``image_keys``, ``image_index``, ``image_firsts``), made on the host
+    from ``meta``'s image ids and copied to the images' device when the collate function did not make them (a
+    hand-built batch); ``batch`` itself when it has them. Without image ids every item is its own image (no
+    ``image_keys``). The static-shape step (``ReIR._prepare_static``) and the CUDA-graph step, which must make them
+    before its capture (a host-to-device copy cannot be captured), both call this."""
+    if batch.image_index is not None:
+        return batch
+    ids = batch_image_ids(batch)
+    if ids is None:
+        every = torch.arange(batch.batch_size)
+        codes = {"image_keys": None, "image_index": every, "image_firsts": every}
+    else:
+        codes = image_codes(ids)
+    device = batch.images.device
+    codes = {k: None if v is None else v.to(device, non_blocking=True) for k, v in codes.items()}
+    return dataclasses.replace(batch, **codes)
 
 
 def pick(values: Tensor, index: Tensor) -> Tensor:
