@@ -23,6 +23,7 @@ from torch import Tensor
 from relground.config.data import IMAGE_BUCKET
 from relground.structures.batch import GroundingBatch, image_codes
 
+
 @dataclass
 class GroundingItem:
     """One (image, sentence) pair before collation (``P`` = grounded phrases of the sentence)."""

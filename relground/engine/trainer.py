@@ -276,11 +276,9 @@ class Trainer:
         start = time.perf_counter()
         batch = next(self.data)
         data_time = time.perf_counter() - start
-        if hasattr(batch, "to"):
-            batch = batch.to(self.device, non_blocking=True)
         images = self._check_batch_size(_batch_size(batch))
         lr = self.optimizer.param_groups[0]["lr"]  # the lr this step uses
-        values, names = self.graph_step(batch, self.iter)  # [1 + T] on the device, written by the replay
+        values, names = self.graph_step(batch, self.iter)  # moves the batch; [1 + T] on the device, from the replay
         stop, totals = self._guard(values[None], names, stepped=True)  # the step's one host sync
         self.scheduler.step()
         self._record_metrics(totals, names, lr, images, start, data_time)

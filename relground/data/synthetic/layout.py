@@ -44,7 +44,7 @@ def phrase_stats(lines: list[str], objects: list[SceneObject], proposals: Propos
     the stated ``(subject phrase, object phrase, relation)`` (``Captioner.relations``), for the graph counts.
     """
     boxes_of = {o.chain: [k] for k, o in enumerate(objects)}
-    boxes_of[plural_chain] = list(range(copies)) if copies == 3 else [0, 1]
+    boxes_of[plural_chain] = list(range(max(copies, 2)))  # the plural phrase covers every identical copy
     iou_pp = iou_matrix(proposals.boxes, proposals.boxes)  # [M, M]
     np.fill_diagonal(iou_pp, 0.0)
     stats = dict(grounded=0, no_proposal_05=0, refinable=0, twin=0, triple=0, related=0, multi_related=0,
@@ -107,7 +107,7 @@ def generate_image(task: tuple[int, int, int, str, float]) -> tuple[str, Proposa
     multi = multi_relation > 0 and bool(rng.random() < multi_relation)
     copies = (3 if multi else 2) if with_twins else 0
     while True:
-        objects = place_objects(rng, size, with_twins, copies=copies if with_twins else 2)
+        objects = place_objects(rng, size, copies)
         if multi and with_twins:
             options = conjunctions(objects, copies)
             if options:

@@ -28,16 +28,17 @@ class SceneObject:
     twin_of: Optional[int] = None  # index of an identical copy (its twin, or the next copy of a triple)
 
 
-def place_objects(rng: np.random.Generator, size: int, with_twins: bool, copies: int = 2) -> list[SceneObject]:
-    """Non-overlapping objects with unique (shape, colour), plus (optionally) identical copies of object 0.
+def place_objects(rng: np.random.Generator, size: int, copies: int) -> list[SceneObject]:
+    """Non-overlapping objects with unique (shape, colour), plus (``copies`` 2 or 3) identical copies of object 0;
+    ``copies`` 0: none.
 
-    With twins, objects 1 .. ``copies - 1`` copy object 0 and the layout is resampled by the caller until the
+    With copies, objects 1 .. ``copies - 1`` copy object 0 and the layout is resampled by the caller until the
     copies can be told apart: for a pair, some unique reference object has one twin strictly on one side and the
     other twin strictly on the opposite side (:func:`twin_reference`); for a triple (``copies=3``, drawn with
     ``TRIPLE_OBJECTS_PER_IMAGE`` objects), some copy is picked out by two relations together and by neither
     alone (:func:`conjunctions`).
     """
-    low, high = TRIPLE_OBJECTS_PER_IMAGE if with_twins and copies == 3 else OBJECTS_PER_IMAGE
+    low, high = TRIPLE_OBJECTS_PER_IMAGE if copies == 3 else OBJECTS_PER_IMAGE
     num = int(rng.integers(low, high + 1))
     kinds = [(s, c) for s in SHAPES for c in COLOURS]
     picks = rng.choice(len(kinds), size=num, replace=False)
@@ -45,10 +46,9 @@ def place_objects(rng: np.random.Generator, size: int, with_twins: bool, copies:
     sides = rng.uniform(SIZE_RANGE[0], SIZE_RANGE[1], size=(num, 2)) * size
     sides[:, 1] = sides[:, 0] * rng.uniform(0.85, 1.15, size=num)  # near-square: shapes stay recognisable
     sides = np.clip(np.round(sides), 8, size // 2).astype(np.int64)
-    if with_twins:
-        for k in range(1, copies):
-            looks[k] = looks[0]
-            sides[k] = sides[0]
+    for k in range(1, copies):
+        looks[k] = looks[0]
+        sides[k] = sides[0]
     while True:
         boxes: list[np.ndarray] = []
         for w, h in sides:
