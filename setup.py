@@ -6,7 +6,9 @@ compiled when a CUDA toolkit is found or ``FORCE_CUDA=1`` (compile-only works wi
 Switches (environment variables):
   FORCE_CUDA=1        build the CUDA kernels even when no GPU is visible.
   FORCE_ONLY_CPU=1    never build the CUDA kernels (fast local iteration).
-  TORCH_CUDA_ARCH_LIST  CUDA targets, default "9.0" (H100/H200) plus PTX for newer cards.
+  TORCH_CUDA_ARCH_LIST  CUDA targets, e.g. "8.9" or "8.0;9.0+PTX". Unset: the visible GPUs' own architectures,
+                      or without a GPU torch's own wheel list plus PTX ("7.5;8.0;8.6;9.0;10.0;12.0+PTX" for
+                      torch 2.14 cu130; relground/utils/cuda_arch.py).
   DEBUG=1             -O0 -g.
   MAX_JOBS            ninja parallelism (torch's cpp_extension reads it).
   RELGROUND_SKIP_EXT=1  declare no extension (used by scripts/setup.sh after an in-place build).
@@ -122,7 +124,32 @@ if not _flag("FORCE_ONLY_CPU") and not os.environ.get("CUDA_HOME") and not os.en
     _toolkit = _find_cuda_toolkit()
     if _toolkit:
         os.environ["CUDA_HOME"] = _toolkit
-os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0+PTX")
+
+
+def _load_cuda_arch():
+    """relground/utils/cuda_arch.py, loaded by path: relground itself is not importable before it is built."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_relground_cuda_arch", os.path.join(ROOT, "relground", "utils",
+                                                                                         "cuda_arch.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def choose_cuda_arch_list() -> str:
+    """TORCH_CUDA_ARCH_LIST when set; else the visible GPUs (a build for this machine's card); else torch's own
+    wheel list plus PTX (a build without a GPU: CI, wheels). Exported so that torch's cpp_extension uses it."""
+    cuda_arch = _load_cuda_arch()
+    visible = []
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip() and torch.cuda.is_available():
+        visible = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+    torch_flags = torch._C._cuda_getArchFlags() if hasattr(torch._C, "_cuda_getArchFlags") else ""
+    arch_list, why = cuda_arch.default_arch_list(os.environ.get("TORCH_CUDA_ARCH_LIST"), visible, torch_flags)
+    cuda_arch.parse_arch_list(arch_list)  # a malformed list stops here, not deep inside nvcc's flags
+    print(f"relground: CUDA architectures {arch_list} ({why})")
+    return arch_list
+
 
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
@@ -192,7 +219,10 @@ def make_extension(with_cuda: bool):
         define_macros.append(("WITH_CUDA", None))
         # The toolkit's headers first (cuda_runtime_api.h needs its crt/); the pip folders add what it lacks.
         include_dirs += [os.path.join(CUDA_HOME, "include")] + _pip_cuda_include_dirs()
-        extra_compile_args["nvcc"] = opt + ["-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
+        # -fmad=false: no contraction of a * b + c into one FMA, so that the IoU, the R-CNN deltas and the sample
+        # positions round as in the CPU kernels (box_math.h; tests/cudasim checks the kernels bit for bit on the
+        # CPU). These kernels are bound by memory, not by arithmetic.
+        extra_compile_args["nvcc"] = opt + ["-std=c++20", "--expt-relaxed-constexpr", "-lineinfo", "-fmad=false"]
     print(f"relground: building relground._C with_cuda={with_cuda} arch={arch_list!r} sources={len(sources)}")
     return ext_cls(
         "relground._C",
@@ -205,6 +235,8 @@ def make_extension(with_cuda: bool):
 
 
 WITH_CUDA = _with_cuda()
+if WITH_CUDA:
+    os.environ["TORCH_CUDA_ARCH_LIST"] = choose_cuda_arch_list()
 VERSION = package_version(WITH_CUDA)
 print(f"relground: version {VERSION} against torch {torch.__version__} ({torch.__file__})")
 

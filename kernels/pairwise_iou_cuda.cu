@@ -9,6 +9,7 @@
 
 #include <algorithm>
 
+#include "cuda_helpers.cuh"
 #include "relground/box_math.h"
 #include "relground/op_host.h"
 
@@ -37,7 +38,7 @@ __global__ void pairwise_iou_forward_kernel(const scalar_t* __restrict__ boxes1,
 }
 
 at::Tensor pairwise_iou_forward_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2) {
-  check_pairwise_iou_inputs(boxes1, boxes2, c10::DeviceType::CUDA);
+  check_pairwise_iou_inputs(boxes1, boxes2, cuda::kKernelDevice);
   const c10::cuda::CUDAGuard device_guard(boxes1.device());
   const int64_t B = boxes1.size(0), N = boxes1.size(1), M = boxes2.size(1);
   at::Tensor out = at::empty({B, N, M}, boxes1.options());
@@ -45,12 +46,14 @@ at::Tensor pairwise_iou_forward_cuda(const at::Tensor& boxes1, const at::Tensor&
     return out;
   }
   const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
-  // Grid-stride loop: cap the grid, each thread covers several outputs when there are many.
-  const int64_t blocks = std::min<int64_t>((out.numel() + kThreads - 1) / kThreads, 65535);
+  // Grid-stride loop: cap the grid (at 65535 blocks, or lower where the runtime lowers the grid limit to make the
+  // loop iterate in tests), each thread covers several outputs when there are many.
+  const int64_t blocks = std::min({(out.numel() + kThreads - 1) / kThreads, int64_t{65535}, cuda::max_grid_x()});
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "pairwise_iou_forward_cuda", [&] {
-    pairwise_iou_forward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-        b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), B, N, M);
+    cuda::launch_kernel("pairwise_iou_forward_kernel", pairwise_iou_forward_kernel<scalar_t>,
+                        cuda::grid_1d("pairwise_iou", blocks), kThreads, 0, stream, b1.const_data_ptr<scalar_t>(),
+                        b2.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), B, N, M);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -59,6 +62,6 @@ at::Tensor pairwise_iou_forward_cuda(const at::Tensor& boxes1, const at::Tensor&
 }  // namespace
 }  // namespace relground::ops
 
-TORCH_LIBRARY_IMPL(relground, CUDA, m) {
+TORCH_LIBRARY_IMPL(relground, RELGROUND_KERNEL_DISPATCH_KEY, m) {
   m.impl("pairwise_iou", &relground::ops::pairwise_iou_forward_cuda);
 }

@@ -39,10 +39,15 @@ using cuda::kWarpsPerBlock;
 // Step 1. Thread t handles RoI t / 2 along axis t % 2 (0: y over `height`, 1: x over `width`), a
 // serial loop over its P*grid samples so that the weights are summed in a fixed order.
 // support[k] = (y_lo, y_hi, x_lo, x_hi), inclusive; an empty axis has lo > hi.
+// It also checks the RoI's values on the device (the CPU checks them on the host, check_roi_align_avg_rois):
+// finite coordinates that stay finite once scaled, and (the y thread) an integer batch index in [0, batch_size).
+// Steps 2 and 3 index `input` by that batch index and run after this kernel on the same stream, so a failed check
+// stops them (a device-side assert ends the context's work).
 template <typename scalar_t, typename acc_t>
 __global__ void roi_align_avg_weights_kernel(const scalar_t* __restrict__ rois, int64_t num_rois,
                                              int64_t pooled_height, int64_t pooled_width, acc_t spatial_scale,
-                                             int64_t sampling_ratio, bool aligned, int64_t height, int64_t width,
+                                             int64_t sampling_ratio, bool aligned, int64_t batch_size,
+                                             int64_t height, int64_t width,
                                              acc_t* __restrict__ weights_y /* [K, H], zeros */,
                                              acc_t* __restrict__ weights_x /* [K, W], zeros */,
                                              int64_t* __restrict__ support /* [K, 4] */) {
@@ -53,6 +58,19 @@ __global__ void roi_align_avg_weights_kernel(const scalar_t* __restrict__ rois, 
   const scalar_t* roi = rois + k * 5;  // batch index, x1, y1, x2, y2
   const int64_t pooled = along_y ? pooled_height : pooled_width;
   const int64_t limit = along_y ? height : width;
+  const acc_t start = static_cast<acc_t>(roi[along_y ? 2 : 1]), end = static_cast<acc_t>(roi[along_y ? 4 : 3]);
+  const acc_t scaled_start = start * spatial_scale, scaled_end = end * spatial_scale;
+  // x - x == 0 exactly when x is finite (inf - inf and NaN - NaN are NaN).
+  RELGROUND_DEVICE_CHECK(start - start == acc_t(0) && end - end == acc_t(0) && scaled_start - scaled_start == acc_t(0) &&
+                             scaled_end - scaled_end == acc_t(0),
+                         "relground.ops.roi_align_avg: `rois` contains NaN or infinite values, or coordinates that "
+                         "overflow once multiplied by `spatial_scale`",
+                         k);
+  if (along_y) {
+    const acc_t n = static_cast<acc_t>(roi[0]);
+    RELGROUND_DEVICE_CHECK(n >= acc_t(0) && n < static_cast<acc_t>(batch_size) && n == static_cast<acc_t>(static_cast<int64_t>(n)),
+                           "relground.ops.roi_align_avg: `rois[:, 0]` (batch index) must be integers in [0, N)", k);
+  }
   const auto axis =
       roi_axis(roi[along_y ? 2 : 1], roi[along_y ? 4 : 3], spatial_scale, aligned, pooled, sampling_ratio);
   acc_t* weights = (along_y ? weights_y + k * height : weights_x + k * width);
@@ -174,8 +192,8 @@ __global__ void roi_align_avg_backward_nhwc_kernel(const scalar_t* __restrict__ 
 template <typename scalar_t>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> launch_weights(const at::Tensor& rois, int64_t pooled_height,
                                                               int64_t pooled_width, double spatial_scale,
-                                                              int64_t sampling_ratio, bool aligned, int64_t height,
-                                                              int64_t width) {
+                                                              int64_t sampling_ratio, bool aligned,
+                                                              int64_t batch_size, int64_t height, int64_t width) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t num_rois = rois.size(0);
   const auto acc_options = rois.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
@@ -183,10 +201,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> launch_weights(const at::Tensor& 
   at::Tensor weights_x = at::zeros({num_rois, width}, acc_options);
   at::Tensor support = at::empty({num_rois, 4}, rois.options().dtype(at::kLong));
   const int64_t blocks = ceil_div<int64_t>(2 * num_rois, kThreadsPerBlock);
-  roi_align_avg_weights_kernel<scalar_t, acc_t><<<blocks, kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-      rois.const_data_ptr<scalar_t>(), num_rois, pooled_height, pooled_width, static_cast<acc_t>(spatial_scale),
-      sampling_ratio, aligned, height, width, weights_y.mutable_data_ptr<acc_t>(), weights_x.mutable_data_ptr<acc_t>(),
-      support.mutable_data_ptr<int64_t>());
+  cuda::launch_kernel("roi_align_avg_weights_kernel", roi_align_avg_weights_kernel<scalar_t, acc_t>,
+                      cuda::grid_1d("roi_align_avg", blocks), kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream(),
+                      rois.const_data_ptr<scalar_t>(), num_rois, pooled_height, pooled_width,
+                      static_cast<acc_t>(spatial_scale), sampling_ratio, aligned, batch_size, height, width,
+                      weights_y.mutable_data_ptr<acc_t>(), weights_x.mutable_data_ptr<acc_t>(),
+                      support.mutable_data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {weights_y, weights_x, support};
 }
@@ -203,7 +223,7 @@ dim3 roi_channel_grid(int64_t num_rois, int64_t channels, bool channels_last) {
 at::Tensor roi_align_avg_forward_cuda(const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height,
                                       int64_t pooled_width, double spatial_scale, int64_t sampling_ratio,
                                       bool aligned) {
-  check_roi_align_avg_args(input, rois, pooled_height, pooled_width, spatial_scale, c10::DeviceType::CUDA);
+  check_roi_align_avg_args(input, rois, pooled_height, pooled_width, spatial_scale, cuda::kKernelDevice);
   const c10::cuda::CUDAGuard device_guard(input.device());
   const bool channels_last = roi_align_avg_reads_channels_last(input);
   const at::Tensor in = channels_last ? input : input.contiguous();
@@ -214,16 +234,17 @@ at::Tensor roi_align_avg_forward_cuda(const at::Tensor& input, const at::Tensor&
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_avg_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto [weights_y, weights_x, support] =
-        launch_weights<scalar_t>(boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned, height,
-                                 width);
+        launch_weights<scalar_t>(boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned,
+                                 input.size(0), height, width);
     const dim3 grid = roi_channel_grid(num_rois, channels, channels_last);
     auto stream = at::cuda::getCurrentCUDAStream();
     auto kernel = channels_last ? roi_align_avg_forward_nhwc_kernel<scalar_t, acc_t>
                                 : roi_align_avg_forward_kernel<scalar_t, acc_t>;
-    kernel<<<grid, kThreadsPerBlock, 0, stream>>>(
-        in.const_data_ptr<scalar_t>(), boxes.const_data_ptr<scalar_t>(), weights_y.const_data_ptr<acc_t>(),
-        weights_x.const_data_ptr<acc_t>(), support.const_data_ptr<int64_t>(), channels, height, width,
-        output.mutable_data_ptr<scalar_t>());
+    cuda::launch_kernel(channels_last ? "roi_align_avg_forward_nhwc_kernel" : "roi_align_avg_forward_kernel", kernel,
+                        grid, kThreadsPerBlock, 0, stream, in.const_data_ptr<scalar_t>(),
+                        boxes.const_data_ptr<scalar_t>(), weights_y.const_data_ptr<acc_t>(),
+                        weights_x.const_data_ptr<acc_t>(), support.const_data_ptr<int64_t>(), channels, height, width,
+                        output.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return output;
@@ -233,13 +254,8 @@ at::Tensor roi_align_avg_backward_cuda(const at::Tensor& grad, const at::Tensor&
                                        int64_t pooled_width, double spatial_scale, int64_t sampling_ratio,
                                        bool aligned, int64_t batch_size, int64_t channels, int64_t height,
                                        int64_t width, bool channels_last) {
-  check_roi_align_avg_backward_args(grad, rois, channels, c10::DeviceType::CUDA);
-  if (rois.numel() > 0) {  // the kernels index grad_input by rois[:, 0]: refuse values that would write out of bounds
-    const at::Tensor batch_index = rois.select(1, 0);
-    RELGROUND_CHECK_ARG(
-        (batch_index >= 0).logical_and_(batch_index < batch_size).all().item<bool>(), "_roi_align_avg_backward",
-        "`rois[:, 0]` (batch index) must be in [0, ", batch_size, ")");
-  }
+  // The kernels index grad_input by rois[:, 0]: the weights kernel checks it is in [0, batch_size) on the device.
+  check_roi_align_avg_backward_args(grad, rois, channels, cuda::kKernelDevice);
   const c10::cuda::CUDAGuard device_guard(grad.device());
   at::Tensor grad_input = zeros_roi_align_avg_grad_input(grad, batch_size, channels, height, width, channels_last);
   const int64_t num_rois = rois.size(0);
@@ -249,15 +265,16 @@ at::Tensor roi_align_avg_backward_cuda(const at::Tensor& grad, const at::Tensor&
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_avg_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       auto [weights_y, weights_x, support] = launch_weights<scalar_t>(
-          boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned, height, width);
+          boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned, batch_size, height, width);
       const dim3 grid = roi_channel_grid(num_rois, channels, channels_last);
       auto stream = at::cuda::getCurrentCUDAStream();
       auto kernel = channels_last ? roi_align_avg_backward_nhwc_kernel<scalar_t, acc_t>
                                   : roi_align_avg_backward_kernel<scalar_t, acc_t>;
-      kernel<<<grid, kThreadsPerBlock, 0, stream>>>(
-          g.const_data_ptr<scalar_t>(), boxes.const_data_ptr<scalar_t>(), weights_y.const_data_ptr<acc_t>(),
-          weights_x.const_data_ptr<acc_t>(), support.const_data_ptr<int64_t>(), channels, height, width,
-          grad_input.mutable_data_ptr<acc_t>());
+      cuda::launch_kernel(channels_last ? "roi_align_avg_backward_nhwc_kernel" : "roi_align_avg_backward_kernel",
+                          kernel, grid, kThreadsPerBlock, 0, stream, g.const_data_ptr<scalar_t>(),
+                          boxes.const_data_ptr<scalar_t>(), weights_y.const_data_ptr<acc_t>(),
+                          weights_x.const_data_ptr<acc_t>(), support.const_data_ptr<int64_t>(), channels, height,
+                          width, grad_input.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
@@ -267,7 +284,7 @@ at::Tensor roi_align_avg_backward_cuda(const at::Tensor& grad, const at::Tensor&
 }  // namespace
 }  // namespace relground
 
-TORCH_LIBRARY_IMPL(relground, CUDA, m) {
+TORCH_LIBRARY_IMPL(relground, RELGROUND_KERNEL_DISPATCH_KEY, m) {
   m.impl("roi_align_avg", TORCH_FN(relground::roi_align_avg_forward_cuda));
   m.impl("_roi_align_avg_backward", TORCH_FN(relground::roi_align_avg_backward_cuda));
 }

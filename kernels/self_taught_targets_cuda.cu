@@ -8,8 +8,10 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
 
+#include "cuda_helpers.cuh"
 #include "relground/op_host.h"
 #include "relground/score_order.h"
 #include "relground/self_taught_target.h"
@@ -25,12 +27,12 @@ __global__ void self_taught_targets_forward_kernel(const scalar_t* __restrict__ 
                                                    const scalar_t* __restrict__ scores, const bool* __restrict__ valid,
                                                    scalar_t* __restrict__ deltas, bool* __restrict__ selected,
                                                    scalar_t* __restrict__ weight, int64_t* __restrict__ anchor,
-                                                   int64_t P, int64_t M,
+                                                   int64_t first_bp, int64_t P, int64_t M,
                                                    SelfTaughtParams<at::opmath_type<scalar_t>> params) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t best_value[kThreads];
   __shared__ int64_t best_index[kThreads];
-  const int64_t bp = blockIdx.x;  // b * P + p
+  const int64_t bp = first_bp + blockIdx.x;  // b * P + p
   const int64_t b = bp / P;
   const scalar_t* s = scores + bp * M;
   const bool* v = valid == nullptr ? nullptr : valid + b * M;
@@ -65,6 +67,13 @@ __global__ void self_taught_targets_forward_kernel(const scalar_t* __restrict__ 
   const auto anchor_box =
       a >= 0 ? make_self_taught_anchor<acc_t>(image_boxes + a * 4, s[a]) : SelfTaughtAnchor<acc_t>{};
   for (int64_t m = threadIdx.x; m < M; m += blockDim.x) {
+    if (v == nullptr || v[m]) {  // the CPU kernel's check_finite_boxes, on the device (padding may hold anything)
+      const scalar_t* box = image_boxes + m * 4;
+      bool finite = true;
+      for (int c = 0; c < 4; ++c) finite = finite && static_cast<acc_t>(box[c]) - static_cast<acc_t>(box[c]) == acc_t(0);
+      RELGROUND_DEVICE_CHECK(finite, "relground.ops.self_taught_targets: `boxes` must be finite (valid boxes)",
+                             b * M + m);
+    }
     const int64_t out = bp * M + m;
     const bool eligible = a >= 0 && m != a && (v == nullptr || v[m]);
     write_self_taught_target(anchor_box, image_boxes + m * 4, s[m], eligible, params, selected + out,
@@ -75,7 +84,7 @@ __global__ void self_taught_targets_forward_kernel(const scalar_t* __restrict__ 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_taught_targets_forward_cuda(
     const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold, double score_gap,
     at::ArrayRef<double> weights, const std::optional<at::Tensor>& valid) {
-  check_self_taught_targets_inputs(boxes, scores, iou_threshold, score_gap, weights, valid, c10::DeviceType::CUDA);
+  check_self_taught_targets_inputs(boxes, scores, iou_threshold, score_gap, weights, valid, cuda::kKernelDevice);
   const c10::cuda::CUDAGuard device_guard(boxes.device());
   auto [deltas, selected, weight, anchor] = empty_self_taught_targets_outputs(boxes, scores);
   if (anchor.numel() == 0) {
@@ -86,12 +95,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_taught_targets_f
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bx.scalar_type(), "self_taught_targets_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    self_taught_targets_forward_kernel<scalar_t><<<B * P, kThreads, 0, stream>>>(
-        bx.const_data_ptr<scalar_t>(), sc.const_data_ptr<scalar_t>(),
-        v.defined() ? v.const_data_ptr<bool>() : nullptr, deltas.mutable_data_ptr<scalar_t>(),
-        selected.mutable_data_ptr<bool>(), weight.mutable_data_ptr<scalar_t>(), anchor.mutable_data_ptr<int64_t>(), P,
-        M, make_self_taught_params<acc_t>(iou_threshold, score_gap, weights.data()));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // One block per (image, phrase): more than a grid holds are launched in chunks.
+    for (int64_t first = 0; first < B * P; first += cuda::max_grid_x()) {
+      const int64_t count = std::min<int64_t>(B * P - first, cuda::max_grid_x());
+      cuda::launch_kernel("self_taught_targets_forward_kernel", self_taught_targets_forward_kernel<scalar_t>,
+                          cuda::grid_1d("self_taught_targets", count), kThreads, 0, stream,
+                          bx.const_data_ptr<scalar_t>(), sc.const_data_ptr<scalar_t>(),
+                          v.defined() ? v.const_data_ptr<bool>() : nullptr, deltas.mutable_data_ptr<scalar_t>(),
+                          selected.mutable_data_ptr<bool>(), weight.mutable_data_ptr<scalar_t>(),
+                          anchor.mutable_data_ptr<int64_t>(), first, P, M,
+                          make_self_taught_params<acc_t>(iou_threshold, score_gap, weights.data()));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
   return {deltas, selected, weight, anchor};
 }
@@ -99,6 +114,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> self_taught_targets_f
 }  // namespace
 }  // namespace relground::ops
 
-TORCH_LIBRARY_IMPL(relground, CUDA, m) {
+TORCH_LIBRARY_IMPL(relground, RELGROUND_KERNEL_DISPATCH_KEY, m) {
   m.impl("self_taught_targets", &relground::ops::self_taught_targets_forward_cuda);
 }

@@ -10,9 +10,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
 #include <optional>
 
+#include "cuda_helpers.cuh"
 #include "relground/op_host.h"
 #include "relground/score_order.h"
 
@@ -54,7 +56,7 @@ __global__ void topk_select_forward_kernel(const scalar_t* __restrict__ scores, 
 
 std::tuple<at::Tensor, at::Tensor> topk_select_forward_cuda(const at::Tensor& scores, int64_t k,
                                                             const std::optional<at::Tensor>& valid) {
-  check_topk_select_inputs(scores, k, valid, c10::DeviceType::CUDA);
+  check_topk_select_inputs(scores, k, valid, cuda::kKernelDevice);
   const c10::cuda::CUDAGuard device_guard(scores.device());
   auto [values, indices] = empty_topk_select_outputs(scores, k);  // [R, k] each
   if (values.numel() == 0) {
@@ -66,10 +68,17 @@ std::tuple<at::Tensor, at::Tensor> topk_select_forward_cuda(const at::Tensor& sc
   const int threads = static_cast<int>(std::min<int64_t>(kMaxThreads, (M + 31) / 32 * 32));
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "topk_select_forward_cuda", [&] {
-    topk_select_forward_kernel<scalar_t><<<R, threads, 0, stream>>>(
-        s.const_data_ptr<scalar_t>(), v.defined() ? v.const_data_ptr<bool>() : nullptr,
-        values.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(), M, k);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const bool* valid_ptr = v.defined() ? v.const_data_ptr<bool>() : nullptr;
+    // One block per row: more rows than a grid holds are launched in chunks of rows.
+    for (int64_t first = 0; first < R; first += cuda::max_grid_x()) {
+      const int64_t rows = std::min<int64_t>(R - first, cuda::max_grid_x());
+      cuda::launch_kernel("topk_select_forward_kernel", topk_select_forward_kernel<scalar_t>,
+                          cuda::grid_1d("topk_select", rows), threads, 0, stream,
+                          s.const_data_ptr<scalar_t>() + first * M, valid_ptr ? valid_ptr + first * M : nullptr,
+                          values.mutable_data_ptr<scalar_t>() + first * k,
+                          indices.mutable_data_ptr<int64_t>() + first * k, M, k);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
   return {values, indices};
 }
@@ -77,6 +86,6 @@ std::tuple<at::Tensor, at::Tensor> topk_select_forward_cuda(const at::Tensor& sc
 }  // namespace
 }  // namespace relground::ops
 
-TORCH_LIBRARY_IMPL(relground, CUDA, m) {
+TORCH_LIBRARY_IMPL(relground, RELGROUND_KERNEL_DISPATCH_KEY, m) {
   m.impl("topk_select", &relground::ops::topk_select_forward_cuda);
 }

@@ -238,6 +238,7 @@ at::Tensor roi_align_avg_forward_cpu(const at::Tensor& input, const at::Tensor& 
                                      int64_t pooled_width, double spatial_scale, int64_t sampling_ratio,
                                      bool aligned) {
   check_roi_align_avg_args(input, rois, pooled_height, pooled_width, spatial_scale, c10::DeviceType::CPU);
+  check_roi_align_avg_rois(rois, input.size(0), spatial_scale, "roi_align_avg");
   // A channels_last input is read in place (no NCHW copy); anything else is made NCHW-contiguous.
   const bool channels_last = roi_align_avg_reads_channels_last(input);
   const at::Tensor in = channels_last ? input : input.contiguous();
@@ -256,6 +257,7 @@ at::Tensor roi_align_avg_backward_cpu(const at::Tensor& grad, const at::Tensor& 
                                       int64_t batch_size, int64_t channels, int64_t height, int64_t width,
                                       bool channels_last) {
   check_roi_align_avg_backward_args(grad, rois, channels, c10::DeviceType::CPU);
+  check_roi_align_avg_rois(rois, batch_size, spatial_scale, "_roi_align_avg_backward");
   at::Tensor grad_input = zeros_roi_align_avg_grad_input(grad, batch_size, channels, height, width, channels_last);
   if (grad.numel() > 0 && grad_input.numel() > 0) {
     const at::Tensor g = grad.contiguous();

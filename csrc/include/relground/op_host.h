@@ -15,9 +15,11 @@
 
 namespace relground {
 
-// Defined in csrc/ops/roi_align_avg.cpp.
+// Defined in csrc/ops/roi_align_avg.cpp. Host checks only (no value of a device tensor is read).
 void check_roi_align_avg_args(const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height,
                               int64_t pooled_width, double spatial_scale, c10::DeviceType device_type);
+// The values of a CPU `rois` (finite, batch index in [0, batch_size)); on CUDA the weights kernel checks them.
+void check_roi_align_avg_rois(const at::Tensor& rois, int64_t batch_size, double spatial_scale, const char* op);
 
 namespace ops {
 
