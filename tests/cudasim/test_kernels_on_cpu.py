@@ -9,17 +9,19 @@ import pytest
 import torch
 
 import relground
+from tests.ops import test_pairwise_iou, test_roi_align_avg, test_self_taught_targets, test_topk_select
 from tests.ops.op_tester import assert_outputs_close
-from tests.ops.test_pairwise_iou import TestPairwiseIoU, random_boxes
-from tests.ops.test_roi_align_avg import TestRoIAlignAvg, make_input, random_rois, torchvision_roi_align_avg
-from tests.ops.test_self_taught_targets import TestSelfTaughtTargets, clustered_boxes, random_attention
-from tests.ops.test_topk_select import TestTopkSelect, random_scores, random_valid
+from tests.ops.test_pairwise_iou import random_boxes
+from tests.ops.test_roi_align_avg import make_input, random_rois, torchvision_roi_align_avg
+from tests.ops.test_self_taught_targets import clustered_boxes, random_attention
+from tests.ops.test_topk_select import random_scores, random_valid
 
+# The op tests' testers (module attributes, so that pytest does not collect their classes here again).
 TESTERS = {
-    "topk_select": TestTopkSelect,
-    "self_taught_targets": TestSelfTaughtTargets,
-    "pairwise_iou": TestPairwiseIoU,
-    "roi_align_avg": TestRoIAlignAvg,
+    "topk_select": test_topk_select.TestTopkSelect,
+    "self_taught_targets": test_self_taught_targets.TestSelfTaughtTargets,
+    "pairwise_iou": test_pairwise_iou.TestPairwiseIoU,
+    "roi_align_avg": test_roi_align_avg.TestRoIAlignAvg,
 }
 # The ops whose CUDA and CPU kernels share their arithmetic (csrc/include/relground/box_math.h, score_order.h) and
 # compile without FMA contraction on both (-fmad=false, -ffp-contract=off): bit-identical results. roi_align_avg
@@ -101,15 +103,15 @@ def test_long_rows_and_split_grids(cudasim, small_grid, dtype):
     """topk_select: rows of 700 (> 256 threads), 7 rows in chunks of 3 blocks; self_taught_targets: M = 300
     (> 128 threads), B * P = 8 in chunks; pairwise_iou: 3 blocks of 256 threads over 5600 outputs (grid-stride)."""
     scores, valid = random_scores(7, 700, dtype, "cpu", 3, levels=50), random_valid(7, 700, "cpu", 3)
-    assert_outputs_close(cudasim.topk_select(scores, 37, valid), TestTopkSelect().reference_fn(scores, 37, valid),
+    assert_outputs_close(cudasim.topk_select(scores, 37, valid), TESTERS["topk_select"]().reference_fn(scores, 37, valid),
                          "topk_select")
     boxes, attention = clustered_boxes(2, 300, dtype, "cpu", 5), random_attention(2, 4, 300, dtype, "cpu", 5)
     valid = torch.rand(2, 300, generator=torch.Generator().manual_seed(5)) > 0.2
     args = (boxes, attention, 0.3, 0.05, [10.0, 10.0, 5.0, 5.0], valid)
-    expected = TestSelfTaughtTargets().reference_fn(boxes, attention, 0.3, 0.05, (10.0, 10.0, 5.0, 5.0), valid)
+    expected = TESTERS["self_taught_targets"]().reference_fn(boxes, attention, 0.3, 0.05, (10.0, 10.0, 5.0, 5.0), valid)
     assert_outputs_close(cudasim.self_taught_targets(*args), expected, "self_taught_targets")
-    b1, b2 = random_boxes(2, 70, 4, dtype=dtype, seed=1), random_boxes(2, 40, 4, dtype=dtype, seed=2)
-    assert_outputs_close(cudasim.pairwise_iou(b1, b2), TestPairwiseIoU().reference_fn(b1, b2), "pairwise_iou")
+    b1, b2 = random_boxes(2, 70, dtype=dtype, seed=1), random_boxes(2, 40, dtype=dtype, seed=2)
+    assert_outputs_close(cudasim.pairwise_iou(b1, b2), TESTERS["pairwise_iou"]().reference_fn(b1, b2), "pairwise_iou")
     if relground.HAS_OPS:
         assert_identical(cudasim.topk_select(scores, 37, None), torch.ops.relground.topk_select(scores, 37, None),
                          "topk_select vs CPU kernel")
@@ -117,17 +119,18 @@ def test_long_rows_and_split_grids(cudasim, small_grid, dtype):
 
 @pytest.mark.parametrize("channels_last", (False, True), ids=("nchw", "nhwc"))
 def test_roi_align_avg_channel_tiles_wide_rows_many_rois(cudasim, channels_last):
-    """C = 300: 38 channel tiles of 8 warps (NCHW), 2 tiles of 256 threads (NHWC); rows of 45 pixels (> 32 lanes);
-    150 RoIs: 300 weight threads in 2 blocks."""
+    """3 channel tiles of 8 warps (NCHW, C = 20) or 2 tiles of 256 threads (NHWC, C = 300); rows of 45 pixels
+    (> 32 lanes); 130 RoIs: 260 weight threads in 2 blocks."""
     g = torch.Generator().manual_seed(7)
-    input = make_input(2, 300, 12, 45, g, "cpu", torch.float64, channels_last)
-    rois = random_rois(150, 2, 12, 45, 0.5, g, "cpu", torch.float64)
+    channels = 300 if channels_last else 20
+    input = make_input(2, channels, 12, 45, g, "cpu", torch.float64, channels_last)
+    rois = random_rois(130, 2, 12, 45, 0.5, g, "cpu", torch.float64)
     rois[:3] = torch.tensor([[0, 0.0, 0.0, 90.0, 24.0], [1, -4.0, 2.0, 95.0, 20.0], [1, 10.0, 1.0, 80.0, 23.0]])
     actual = cudasim.roi_align_avg(input, rois, 3, 3, 0.5, 2, True)
     expected = torchvision_roi_align_avg(input, rois, (3, 3), 0.5, 2, True)
     assert_outputs_close(actual, expected, "forward")
-    grad = torch.randn(150, 300, generator=g, dtype=torch.float64)
-    actual = cudasim._roi_align_avg_backward(grad, rois, 3, 3, 0.5, 2, True, 2, 300, 12, 45, channels_last)
+    grad = torch.randn(130, channels, generator=g, dtype=torch.float64)
+    actual = cudasim._roi_align_avg_backward(grad, rois, 3, 3, 0.5, 2, True, 2, channels, 12, 45, channels_last)
     x = input.detach().requires_grad_()
     (expected,) = torch.autograd.grad(torchvision_roi_align_avg(x, rois, (3, 3), 0.5, 2, True), x, grad)
     assert_outputs_close(actual, expected, "backward")
@@ -158,9 +161,9 @@ def test_unsplit_grid_over_the_limit_is_refused_by_name(cudasim, small_grid):
 def test_bad_rois_fail_the_device_side_check(cudasim, row, match):
     input = torch.zeros(2, 3, 4, 4)
     rois = torch.tensor([[1, 0.0, 0.0, 2.0, 2.0], row])
-    with pytest.raises(RuntimeError, match="device-side check failed: relground.ops.roi_align_avg: " + match):
+    with pytest.raises(RuntimeError, match="device-side check failed: relground.ops.roi_align_avg: .*" + match):
         cudasim.roi_align_avg(input, rois, 2, 2, 10.0 if "overflow" in match else 1.0, 2, True)
-    with pytest.raises(RuntimeError, match="device-side check failed: relground.ops.roi_align_avg: " + match):
+    with pytest.raises(RuntimeError, match="device-side check failed: relground.ops.roi_align_avg: .*" + match):
         cudasim._roi_align_avg_backward(torch.ones(2, 3), rois, 2, 2, 10.0 if "overflow" in match else 1.0, 2, True,
                                         2, 3, 4, 4, False)
 
