@@ -8,7 +8,7 @@ Switches (environment variables):
   FORCE_ONLY_CPU=1    never build the CUDA kernels (fast local iteration).
   TORCH_CUDA_ARCH_LIST  CUDA targets, e.g. "8.9" or "8.0;9.0+PTX". Unset: the visible GPUs' own architectures,
                       or without a GPU torch's own wheel list plus PTX ("7.5;8.0;8.6;9.0;10.0;12.0+PTX" for
-                      torch 2.14 cu130; relground/utils/cuda_arch.py).
+                      torch 2.14 cu130; relground/ops/_cuda_arch.py).
   DEBUG=1             -O0 -g.
   MAX_JOBS            ninja parallelism (torch's cpp_extension reads it).
   RELGROUND_SKIP_EXT=1  declare no extension (used by scripts/setup.sh after an in-place build).
@@ -127,11 +127,11 @@ if not _flag("FORCE_ONLY_CPU") and not os.environ.get("CUDA_HOME") and not os.en
 
 
 def _load_cuda_arch():
-    """relground/utils/cuda_arch.py, loaded by path: relground itself is not importable before it is built."""
+    """relground/ops/_cuda_arch.py, loaded by path: relground itself is not importable before it is built."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_relground_cuda_arch", os.path.join(ROOT, "relground", "utils",
-                                                                                         "cuda_arch.py"))
+    spec = importlib.util.spec_from_file_location("_relground_cuda_arch", os.path.join(ROOT, "relground", "ops",
+                                                                                         "_cuda_arch.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

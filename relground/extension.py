@@ -3,7 +3,7 @@ its ops are there.
 
 The ops import ``HAS_OPS`` from here rather than from the package root, so that ``relground.ops`` stands
 on this module alone (the root imports ``ops`` and the API on top of it). Only torch and the standard
-library are imported, and relground.utils (floor 0) for the card check.
+library are imported.
 
 What happens on import (docs/install.md, "When the extension does not fit the torch"):
 
@@ -15,7 +15,8 @@ What happens on import (docs/install.md, "When the extension does not fit the to
   symbol: the C++ ABI of another torch): ``ImportError`` naming both versions and the rebuild command.
   ``RELGROUND_ALLOW_FALLBACK=1`` turns that error into a ``RuntimeWarning`` and the slow references.
 * ``relground._C`` has CUDA kernels but none for a visible card (its ``cuda_arch_list``): when CUDA starts (the
-  first tensor moved to a GPU), a ``RuntimeError`` naming the card, the compiled code and the rebuild command.
+  first tensor moved to a GPU), a ``RuntimeError`` naming the card, the compiled code and the rebuild command
+  (registered by ``relground.ops``, relground/ops/_cuda_arch.py).
 """
 from __future__ import annotations
 
@@ -28,8 +29,6 @@ from types import ModuleType
 from typing import Any
 
 import torch  # loads libtorch / libc10 before the extension needs them
-
-from relground.utils.cuda_arch import unsupported_card_message
 
 FALLBACK_ENV = "RELGROUND_ALLOW_FALLBACK"
 REBUILD_HINT = (
@@ -186,30 +185,8 @@ def _load_failure_message(exc: ImportError, torch_version: str, cuda_version: st
     )
 
 
-def check_cuda_devices(arch_list: str) -> None:
-    """Raises RuntimeError when a visible GPU cannot run a build for ``arch_list`` (TORCH_CUDA_ARCH_LIST syntax):
-    the card, the compiled code and the rebuild command, instead of "no kernel image is available" in training."""
-    for index in range(torch.cuda.device_count()):
-        capability = tuple(torch.cuda.get_device_capability(index))
-        message = unsupported_card_message(arch_list, capability, torch.cuda.get_device_name(index), index)
-        if message is not None:
-            raise RuntimeError(message)
-
-
-def _check_cuda_devices_at_init(module: ModuleType | None) -> None:
-    """Checks the cards when CUDA starts (torch.cuda's lazy initialisation, i.e. before any tensor is on a GPU; at
-    once if it has already started), for an extension with CUDA kernels."""
-    if module is None:
-        return
-    info = dict(module.build_info())
-    if not info.get("cuda_compiled") or not info.get("cuda_arch_list"):
-        return
-    torch.cuda._lazy_call(lambda: check_cuda_devices(info["cuda_arch_list"]))
-
-
 _C, _IMPORT_ERROR = load_extension()
 HAS_OPS = _C is not None
-_check_cuda_devices_at_init(_C)
 
 
 def build_info() -> dict:

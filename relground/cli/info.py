@@ -6,7 +6,7 @@ import json
 import torch
 
 import relground
-from relground.utils.cuda_arch import describe, runs_on
+from relground.ops._cuda_arch import describe, runs_on
 
 
 def register(subparsers) -> None:

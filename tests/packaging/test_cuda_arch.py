@@ -1,15 +1,13 @@
-"""The CUDA architectures of a build (relground/utils/cuda_arch.py, setup.py) and the check of the card when CUDA
-starts (relground.extension), with simulated cards: no GPU is needed."""
+"""The CUDA architectures of a build (relground/ops/_cuda_arch.py, setup.py) and the check of the card when CUDA
+starts (registered by relground.ops), with simulated cards: no GPU is needed."""
 from __future__ import annotations
 
 import json
-import types
 
 import pytest
 import torch
 
-from relground import extension
-from relground.utils import cuda_arch
+from relground.ops import _cuda_arch as cuda_arch
 
 
 def test_describe_and_parse():
@@ -52,8 +50,7 @@ def _simulate_card(monkeypatch, capability, name):
 def test_card_without_code_raises_naming_card_code_and_rebuild(monkeypatch):
     queued = []
     monkeypatch.setattr(torch.cuda, "_lazy_call", lambda fn, **kw: queued.append(fn))
-    built = types.SimpleNamespace(build_info=lambda: {"cuda_compiled": True, "cuda_arch_list": "9.0+PTX"})
-    extension._check_cuda_devices_at_init(built)
+    assert cuda_arch.register_card_check({"cuda_compiled": True, "cuda_arch_list": "9.0+PTX"})
     assert len(queued) == 1  # runs when CUDA starts, before any tensor reaches the card
     _simulate_card(monkeypatch, (8, 0), "NVIDIA A100-SXM4-80GB")
     with pytest.raises(RuntimeError) as error:
@@ -69,7 +66,7 @@ def test_card_without_code_raises_naming_card_code_and_rebuild(monkeypatch):
 def test_cpu_only_build_queues_no_check(monkeypatch):
     queued = []
     monkeypatch.setattr(torch.cuda, "_lazy_call", lambda fn, **kw: queued.append(fn))
-    extension._check_cuda_devices_at_init(types.SimpleNamespace(build_info=lambda: {"cuda_compiled": False}))
+    assert not cuda_arch.register_card_check({"cuda_compiled": False, "cuda_arch_list": ""})
     assert queued == []
 
 

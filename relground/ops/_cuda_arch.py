@@ -1,7 +1,7 @@
 """Which CUDA architectures relground._C is built for, and whether a card can run them.
 
-Standard library only: setup.py loads this file by path (before relground is importable) to choose the build's
-architectures; relground.extension uses it to check the card when CUDA starts.
+setup.py loads this file by path (before relground is importable; torch and the standard library only) to choose
+the build's architectures; relground.ops registers check_cuda_devices to run when CUDA starts (register_card_check).
 
 Rules (CUDA's): a cubin for sm_XY runs on a card of the same major version and a minor >= Y (sm_86 code runs on an
 RTX 4090, sm_89); PTX for compute_XY is compiled by the driver for any card >= X.Y, at the first launch.
@@ -9,7 +9,10 @@ RTX 4090, sm_89); PTX for compute_XY is compiled by the driver for any card >= X
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
 
 # What a build without TORCH_CUDA_ARCH_LIST and without a visible GPU compiles for when the running torch does not say
 # (torch 2.14.1+cu130's own wheel list, torch._C._cuda_getArchFlags(): sm_75 sm_80 sm_86 sm_90 sm_100 sm_120), plus
@@ -97,3 +100,23 @@ def default_arch_list(
     if from_torch:
         return from_torch, "the architectures of the running torch's own build (no GPU visible)"
     return WHEEL_ARCH_LIST, "relground's default list (no GPU visible)"
+
+
+def check_cuda_devices(arch_list: str) -> None:
+    """Raises RuntimeError when a visible GPU cannot run a build for ``arch_list`` (TORCH_CUDA_ARCH_LIST syntax):
+    the card, the compiled code and the rebuild command, instead of "no kernel image is available" in training."""
+    for index in range(torch.cuda.device_count()):
+        capability = tuple(torch.cuda.get_device_capability(index))
+        message = unsupported_card_message(arch_list, capability, torch.cuda.get_device_name(index), index)
+        if message is not None:
+            raise RuntimeError(message)
+
+
+def register_card_check(build_info: Mapping[str, Any]) -> bool:
+    """Queues check_cuda_devices for when CUDA starts (torch.cuda's lazy initialisation: before the first tensor
+    reaches a GPU; at once if CUDA has started) for a build with CUDA kernels; returns whether it did."""
+    if not build_info.get("cuda_compiled") or not build_info.get("cuda_arch_list"):
+        return False
+    arch_list = str(build_info["cuda_arch_list"])
+    torch.cuda._lazy_call(lambda: check_cuda_devices(arch_list))
+    return True
