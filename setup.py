@@ -205,7 +205,9 @@ def _pip_cuda_include_dirs():
 
 
 def make_extension(with_cuda: bool):
-    sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
+    # csrc/cudasim is the CPU CUDA-semantics runtime's (scripts/build_cudasim.py), not part of relground._C.
+    sources = sorted(p for p in glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True)
+                     if not p.startswith(os.path.join("csrc", "cudasim") + os.sep))
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""
     define_macros = [("RELGROUND_CUDA_ARCH_LIST", '"%s"' % arch_list)]

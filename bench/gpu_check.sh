@@ -222,6 +222,10 @@ if steps:
                    f"{f('peak_memory_mb', 9)}{f('paper_schedule_hours', 9, 2)}")
         if r.get("cuda_graph_counts"):
             out.append(f"  {r['phase']}: CUDA-graph steps {r['cuda_graph_counts']} (captured / replayed / eager)")
+path = os.path.join(work, "cudasim_vs_gpu.log")
+if os.path.exists(path):  # the CPU runtime against the GPU: how many outputs are bit-identical, per op and dtype
+    same = [l.strip().lstrip(".")[:90] for l in open(path, errors="replace") if "bit-identical to the GPU" in l]
+    out += ["", "cudasim_vs_gpu:"] + same[:16] if same else []
 compile_row = [p for p in phases if p["phase"] == "compile_fastest" and p["state"] == "passed"]
 if compile_row:
     out.append(f"cold inductor compile of the fastest step (+2 steps): {compile_row[0]['seconds']} s")

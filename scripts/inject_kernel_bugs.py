@@ -7,7 +7,8 @@ fails: `tests` (pytest tests/cudasim on the plain build), `asan` (the same under
 ThreadSanitizer, blocks run 4 at a time where the kernel has no __shared__). A bug no detector catches fails the
 script. Prints a Markdown table: bug, file, what caught it, the first line of its report.
 
-usage: python scripts/inject_kernel_bugs.py [--only NAME ...] [--all-detectors]   (~2-4 min per bug on 2 cores)
+usage: python scripts/inject_kernel_bugs.py [--only NAME ...] [--detectors tests asan tsan] [--all-detectors]
+       (~2-4 min per bug on 2 idle cores: one file recompiles per detector)
 """
 from __future__ import annotations
 
@@ -112,6 +113,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None, help="bug names (default: all)")
     parser.add_argument("--all-detectors", action="store_true", help="run every detector, not only until one fails")
+    parser.add_argument("--detectors", nargs="*", default=list(DETECTORS), choices=list(DETECTORS),
+                        help="the detectors to try, in order (default: tests asan tsan)")
     args = parser.parse_args(argv)
     bugs = [b for b in BUGS if not args.only or b.name in args.only]
     rows, missed = [], []
@@ -126,7 +129,7 @@ def main(argv=None) -> int:
         with open(os.path.join(override, os.path.basename(bug.path)), "w") as f:
             f.write(source.replace(bug.old, bug.new))
         caught_by = []
-        for detector in DETECTORS:
+        for detector in args.detectors:
             caught, report = run_detector(detector, override, out_dir)
             if caught:
                 caught_by.append((detector, report))
