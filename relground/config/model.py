@@ -346,9 +346,11 @@ class ModelConfig:
                 "model.decoder_input: tied feeds z (hidden_dim) and the caption's word embeddings (word_dim) to one "
                 f"GRU: they need model.word_dim == model.hidden_dim, got {self.word_dim} and {self.hidden_dim}"
             )
-        if self.static_shapes and (self.phrase_norm, self.box_norm, self.loss.normalization) != ("batch",) * 3:
+        static = (self.phrase_norm, self.box_norm, self.loss.normalization, self.decoder_input)
+        if self.static_shapes and static != ("batch", "batch", "batch", "projected"):
             raise ValueError(
-                "model.static_shapes supports model.phrase_norm, model.box_norm and loss.normalization 'batch' only"
+                "model.static_shapes supports model.phrase_norm, model.box_norm and loss.normalization 'batch' and "
+                f"model.decoder_input 'projected' only, got {static}"
             )
         if self.cls_hidden < 0:
             raise ValueError(f"model.cls_hidden must be >= 0, got {self.cls_hidden}")
