@@ -484,8 +484,10 @@ class ReIR(nn.Module):
                     decoder, pooled[stage], batch.phrase_targets, phrase_valid
                 )
             else:
+                extra = {} if words is None else {"words": words}  # the tied decoder's inputs
+                extra.update({"per_item": True} if per_image else {})
                 losses[f"rec_s{stage}"] = reconstruction_loss(
-                    decoder, pooled[stage], batch.phrase_targets, phrase_valid, words, per_item=per_image
+                    decoder, pooled[stage], batch.phrase_targets, phrase_valid, **extra
                 )
             if distributed and not per_image:
                 counts[f"rec_s{stage}"] = reconstructed_tokens(batch.phrase_targets, phrase_valid)
