@@ -23,12 +23,13 @@ MODEL_METHOD_SWITCHES = (
     "box_regression", "regression_uses_phrase", "vogn", "vogn_variant", "vogn_weights", "vogn_geometry",
     "relation_geometry", "score_fusion", "cls_hidden", "cls_bias", "stage2_pooling", "share_stage_heads",
     "detach_stage2_inputs", "separate_stage2_decoder", "detach_regression_inputs", "regression_input",
-    "regression_grid",
+    "regression_grid", "phrase_norm", "box_norm", "vogn_zero_gates", "detach_refined_boxes", "softmax_epsilon",
+    "empty_prior", "decoder_input", "ranking_projection", "clip_predictions", "head_init",
 )
 LOSS_METHOD_SWITCHES = (
     "reconstruction_stages", "ranking", "ranking_stages", "regression", "relation", "lambda_rec", "lambda_reg",
     "lambda_rel", "lambda_rank", "iou_threshold", "score_gap", "ranking_form", "relation_form",
-    "regression_starts_with_refinement",
+    "regression_starts_with_refinement", "normalization", "reference_images",
 )
 
 
@@ -56,7 +57,8 @@ def method_differences(a: ModelConfig, b: ModelConfig) -> dict[str, tuple[Any, A
 def with_method_of(target: ModelConfig, source: ModelConfig) -> ModelConfig:
     """``target``'s sizes and schedule with ``source``'s method switches.
 
-    ``cls_hidden``: ``source``'s zero (one Linear) is kept; a hidden layer keeps ``target``'s width (or its
+    ``decoder_input: tied`` (the authors') makes the word embeddings ``target``'s ``hidden_dim`` wide (random
+    init, as the authors' 1024-d ones). ``cls_hidden``: ``source``'s zero (one Linear) is kept; a hidden layer keeps ``target``'s width (or its
     ``hidden_dim`` when ``target`` has none). The regression loss starts with ``target``'s refinement when
     ``source``'s waits for its refinement, and at once otherwise.
     """
@@ -65,6 +67,8 @@ def with_method_of(target: ModelConfig, source: ModelConfig) -> ModelConfig:
     loss = {name: getattr(source.loss, name) for name in LOSS_METHOD_SWITCHES
             if name != "regression_starts_with_refinement"}
     loss["regression_start_iteration"] = target.refine_start_iteration if _regression_waits(source) else 0
+    if source.decoder_input == "tied":  # one GRU reads z and the caption's embeddings: the words are d wide
+        changes["word_dim"] = target.hidden_dim
     return target.replace(**changes, loss=loss)
 
 

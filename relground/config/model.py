@@ -8,6 +8,8 @@ are named presets::
 
 Every field is a plain value so the top-level config can read it from YAML and override it with
 ``--set model.top_k=3``.
+
+Over 400 lines because every switch is documented next to its field and checked in one ``__post_init__``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ STAGE2_POOLINGS = ("fused", "fine")
 RANKING_FORMS = ("hinge", "contrastive")
 RANKING_NEGATIVES = ("global", "local")
 REGRESSION_INPUTS = ("box_feature", "pooled", "grid")
+LOSS_NORMALIZATIONS = ("batch", "image")
+PHRASE_NORMS = ("batch", "caption")
+BOX_NORMS = ("batch", "image")
+VOGN_ZERO_GATES = ("keep", "drop")
+EMPTY_PRIORS = ("all_boxes", "none")
+DECODER_INPUTS = ("projected", "tied")
+RANKING_PROJECTIONS = ("mlp", "linear")
+HEAD_INITS = ("relground", "pytorch")
 
 
 def check_relation_form(form: str) -> None:
@@ -61,6 +71,14 @@ class LossConfig:
         relation_form: ``bce`` (multi-label BCE, mean over pairs and classes, authors) or ``ce`` (softmax cross
             entropy per pair, as the paper's text; several categories share the target mass), see
             :func:`relground.losses.relation_loss`.
+        normalization: how the terms are averaged (docs/fidelity.md, D1). ``batch`` (relground): each term is one
+            mean over the global batch's tokens / selected boxes / labelled pairs, and the ranking hinge a sum over
+            the global batch. ``image`` (the authors' code): each image's own mean (reconstruction, regression,
+            relation) or hinge (ranking), averaged over the global batch and multiplied by ``reference_images``:
+            the authors' sum over a GPU's images, averaged by DDP, is this at 10 images per GPU, whatever the
+            number of processes here.
+        reference_images: the images per process the ``image`` normalisation reproduces. Authors: 10 (4 GPUs x
+            10 image-caption pairs). No effect with ``batch``.
         ranking_negatives: under data parallelism, where the ranking loss looks for negatives: ``global`` (the
             similarity matrix over the whole global batch, embeddings all-gathered with gradients: the same loss
             whatever the number of processes) or ``local`` (each process's own pairs, as the authors' 4 GPUs x
@@ -87,6 +105,8 @@ class LossConfig:
     ranking_form: str = "hinge"
     relation_form: str = "bce"
     ranking_negatives: str = "global"
+    normalization: str = "batch"
+    reference_images: int = 10
 
     def __post_init__(self) -> None:
         for name in ("reconstruction_stages", "ranking_stages"):
@@ -103,6 +123,12 @@ class LossConfig:
             raise ValueError(
                 f"loss.ranking_negatives must be one of {RANKING_NEGATIVES}, got {self.ranking_negatives!r}"
             )
+        if self.normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(
+                f"loss.normalization must be one of {LOSS_NORMALIZATIONS}, got {self.normalization!r}"
+            )
+        if self.reference_images < 1:
+            raise ValueError(f"loss.reference_images must be >= 1, got {self.reference_images}")
         if not 0.0 <= self.iou_threshold <= 1.0:
             raise ValueError(f"loss.iou_threshold must be in [0, 1], got {self.iou_threshold}")
 
@@ -190,6 +216,34 @@ class ModelConfig:
             loss means are masked sums, the GRU runs on the padded words, and the losses branch on no value, so
             ``torch.compile(fullgraph=True)`` traces the whole step (``train.compile``). Same model and losses, not
             bit-identical to the default (other summation orders), so off by default. Default False.
+        The authors' released code differs from relground's method in the switches below (docs/fidelity.md, rows
+        D2-D10 and the F_cls/F_reg initialisation; ``configs/flickr30k_reir_authors.yaml`` sets the authors' value
+        of each, ``tests/model/test_authors_difftest.py`` checks them against the authors' head):
+        phrase_norm: BatchNorm statistics of x_q in training: ``batch`` (every phrase of the batch, relground) or
+            ``caption`` (each caption's phrases alone, a one-phrase caption repeated twice, as the authors: its x_q
+            is then exactly the BatchNorm's bias).
+        box_norm: BatchNorm statistics of x_o in training: ``batch`` (every box of the batch; the refined top-K of
+            stage 2 with the running statistics, relground) or ``image`` (each image's proposals alone, and each
+            image's P*K refined boxes alone with training statistics that update the running ones, as the authors).
+        vogn_zero_gates: the authors' graph variant: ``keep`` an edge whose gate ReLU(.) is 0 in the softmax (with
+            logit 0; a phrase without a relation gets no message, relground) or ``drop`` it (the authors: the
+            softmax runs over gates != 0, and every phrase of an item with a relation but no active edge still gets
+            ReLU(b) of the message layer).
+        detach_refined_boxes: the refined top-K boxes, from which the stage-2 regression targets are built, carry
+            no gradient (relground); False: they do (the authors, likely an accident).
+        softmax_epsilon: 0 = exact (masked) softmaxes (relground); > 0 = the authors' numerically "stable" softmax,
+            exp(x - max(x * mask)) / (sum + epsilon), in the attention, graph and ranking softmaxes (authors: 1e-6).
+        empty_prior: a phrase whose s_a is 0 on every box: ``all_boxes`` (its prior is taken as 1, the learned score
+            decides, relground) or ``none`` (all-zero attention, the authors).
+        decoder_input: the reconstruction GRU's inputs: ``projected`` (Linear(d -> word_dim) on z, then its own
+            phrase-vocabulary embedding, relground) or ``tied`` (z itself, then the caption encoder's embedding of the
+            phrase's words, the authors; needs word_dim == hidden_dim).
+        ranking_projection: MLP_v / MLP_s of the ranking loss: ``mlp`` (Linear-ReLU-Linear, relground) or
+            ``linear`` (one Linear each, the authors).
+        clip_predictions: clip the predicted boxes to the image (relground); the authors do not.
+        head_init: ``relground`` (F_reg's last layer N(0, 1e-3), the split Linears of F_cls / F_reg PyTorch's
+            default for their width d) or ``pytorch`` (PyTorch's default for Linear(2d -> .), as the authors, who
+            never call their ``init_weights``).
         loss: the :class:`LossConfig`.
     """
 
@@ -244,6 +298,16 @@ class ModelConfig:
     native_ops: bool = True
     static_shapes: bool = False
     decoder_rnn_type: str = "gru"
+    phrase_norm: str = "batch"
+    box_norm: str = "batch"
+    vogn_zero_gates: str = "keep"
+    detach_refined_boxes: bool = True
+    softmax_epsilon: float = 0.0
+    empty_prior: str = "all_boxes"
+    decoder_input: str = "projected"
+    ranking_projection: str = "mlp"
+    clip_predictions: bool = True
+    head_init: str = "relground"
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
@@ -259,6 +323,13 @@ class ModelConfig:
             "vogn_weights": VOGN_WEIGHTS,
             "stage2_pooling": STAGE2_POOLINGS,
             "regression_input": REGRESSION_INPUTS,
+            "phrase_norm": PHRASE_NORMS,
+            "box_norm": BOX_NORMS,
+            "vogn_zero_gates": VOGN_ZERO_GATES,
+            "empty_prior": EMPTY_PRIORS,
+            "decoder_input": DECODER_INPUTS,
+            "ranking_projection": RANKING_PROJECTIONS,
+            "head_init": HEAD_INITS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -270,6 +341,19 @@ class ModelConfig:
             raise ValueError(f"model.regression_grid must be >= 1, got {self.regression_grid}")
         if not self.spatial_scale > 0:
             raise ValueError(f"model.spatial_scale must be > 0, got {self.spatial_scale}")
+        if not self.softmax_epsilon >= 0:
+            raise ValueError(f"model.softmax_epsilon must be >= 0, got {self.softmax_epsilon}")
+        if self.decoder_input == "tied" and self.word_dim != self.hidden_dim:
+            raise ValueError(
+                "model.decoder_input: tied feeds z (hidden_dim) and the caption's word embeddings (word_dim) to one "
+                f"GRU: they need model.word_dim == model.hidden_dim, got {self.word_dim} and {self.hidden_dim}"
+            )
+        static = (self.phrase_norm, self.box_norm, self.loss.normalization, self.decoder_input)
+        if self.static_shapes and static != ("batch", "batch", "batch", "projected"):
+            raise ValueError(
+                "model.static_shapes supports model.phrase_norm, model.box_norm and loss.normalization 'batch' and "
+                f"model.decoder_input 'projected' only, got {static}"
+            )
         if self.cls_hidden < 0:
             raise ValueError(f"model.cls_hidden must be >= 0, got {self.cls_hidden}")
         if self.bidirectional and self.hidden_dim % 2:

@@ -26,6 +26,8 @@ class RankingEmbedding(nn.Module):
         visual_dim: width of the pooled visual vectors (d).
         text_dim: width of the sentence feature (d).
         embed_dim: D. Authors: 512.
+        projection: ``mlp`` (Linear-ReLU-Linear each side, relground) or ``linear`` (one Linear each side, the
+            authors' code; ``model.ranking_projection``).
 
     Example:
         >>> embedding = RankingEmbedding(visual_dim=8, text_dim=6, embed_dim=4)
@@ -34,10 +36,15 @@ class RankingEmbedding(nn.Module):
         torch.Size([3, 3])
     """
 
-    def __init__(self, visual_dim: int, text_dim: int, embed_dim: int = 512):
+    def __init__(self, visual_dim: int, text_dim: int, embed_dim: int = 512, projection: str = "mlp"):
         super().__init__()
-        self.visual = nn.Sequential(nn.Linear(visual_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, embed_dim))
-        self.text = nn.Sequential(nn.Linear(text_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, embed_dim))
+        if projection not in ("mlp", "linear"):
+            raise ValueError(f"model.ranking_projection must be 'mlp' or 'linear', got {projection!r}")
+        if projection == "linear":
+            self.visual, self.text = nn.Linear(visual_dim, embed_dim), nn.Linear(text_dim, embed_dim)
+        else:
+            self.visual = nn.Sequential(nn.Linear(visual_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, embed_dim))
+            self.text = nn.Sequential(nn.Linear(text_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, embed_dim))
         self.scale = 1.0 / math.sqrt(embed_dim)
 
     def forward(self, pooled: Tensor, phrase_valid: Tensor, sentence: Tensor) -> Tensor:
@@ -60,7 +67,17 @@ class RankingEmbedding(nn.Module):
         return self.visual(image), self.text(sentence)
 
 
-def ranking_loss(similarity: Tensor, margin: float = 0.2, negative_mask: Optional[Tensor] = None) -> Tensor:
+def softmax_epsilon(scores: Tensor, dim: int, epsilon: float = 0.0) -> Tensor:
+    """softmax(scores) (``epsilon`` 0), or the authors' exp(x - max x) / (sum + ``epsilon``) (docs/fidelity.md D6)."""
+    if epsilon == 0:
+        return torch.softmax(scores, dim=dim)
+    exps = torch.exp(scores - scores.amax(dim=dim, keepdim=True))
+    return exps / (exps.sum(dim=dim, keepdim=True) + epsilon)
+
+
+def ranking_loss(
+    similarity: Tensor, margin: float = 0.2, negative_mask: Optional[Tensor] = None, epsilon: float = 0.0
+) -> Tensor:
     """Hardest-negative ranking loss on softmax-normalised similarities, both directions.
 
     For rows (image -> captions) P = softmax(S, dim=1) and the loss is
@@ -72,6 +89,7 @@ def ranking_loss(similarity: Tensor, margin: float = 0.2, negative_mask: Optiona
         margin: in probability units. Default 0.2.
         negative_mask (Tensor[B, B]): bool, True where (i, j) may serve as a negative; None = every j != i.
             Pass False for pairs of the same image (its other captions are not negatives).
+        epsilon: the authors' softmax epsilon (``model.softmax_epsilon``); 0 = exact softmax.
 
     Returns:
         Tensor[]: the loss; 0 when no pair has a negative.
@@ -89,7 +107,7 @@ def ranking_loss(similarity: Tensor, margin: float = 0.2, negative_mask: Optiona
     negatives = ~eye if negative_mask is None else (negative_mask & ~eye)
     total = upcast(similarity.new_zeros(()))
     for dim in (1, 0):  # image -> caption (rows), caption -> image (columns)
-        probs = torch.softmax(upcast(similarity), dim=dim)
+        probs = softmax_epsilon(upcast(similarity), dim, epsilon)
         positive = probs.diagonal()
         # Row i of the violation matrix compares i's positive with i's negatives in this direction.
         candidates = probs if dim == 1 else probs.T
@@ -153,6 +171,7 @@ def global_ranking_loss(
     image_keys: Optional[Tensor] = None,
     form: str = "hinge",
     margin: float = 0.2,
+    epsilon: float = 0.0,
 ) -> Tensor:
     """This process's share of the ranking loss over the GLOBAL batch of a data-parallel step.
 
@@ -172,6 +191,7 @@ def global_ranking_loss(
             (other captions of the same image are not negatives); None = only the matching pair is excluded.
         form: ``hinge`` or ``contrastive``.
         margin: hinge margin in probability units.
+        epsilon: the authors' softmax epsilon (hinge form); 0 = exact softmax.
 
     Returns:
         Tensor[]: world size x (this process's rows + columns); every process must have the same b.
@@ -199,8 +219,8 @@ def global_ranking_loss(
         column_scores = columns.T.masked_fill(~keep, float("-inf"))  # [b, B]: own captions vs all images
         share = F.cross_entropy(row_scores, own, reduction="sum") + F.cross_entropy(column_scores, own, reduction="sum")
         return share * world / (world * b)  # mean over the global rows, times world (DDP averages)
-    row_probs = torch.softmax(rows, dim=1)  # image -> captions
-    column_probs = torch.softmax(columns, dim=0).T  # caption -> images, [b, B]
+    row_probs = softmax_epsilon(rows, 1, epsilon)  # image -> captions
+    column_probs = softmax_epsilon(columns, 0, epsilon).T  # caption -> images, [b, B]
     index = torch.arange(b, device=image.device)
     share = _hinge_terms(row_probs, row_probs[index, own], negatives, margin)
     share = share + _hinge_terms(column_probs, column_probs[index, own], negatives, margin)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from relground.model.backbone import ImageMaps, ResNetBackbone
-from relground.model.layers import masked_batch_norm, masked_batch_norm_static
+from relground.model.layers import masked_batch_norm, masked_batch_norm_static, per_item_batch_norm
 
 SPATIAL_DIM = 5  # x1/W, y1/H, x2/W, y2/H, area/(W*H)
 
@@ -58,8 +58,11 @@ class BoxHead(nn.Module):
         spatial_scale: float = 1.0,
         regression_grid: int = 0,
         static_shapes: bool = False,
+        norm_per_image: bool = False,
     ):
         super().__init__()
+        # norm_per_image: x_o's BatchNorm statistics per image (model.box_norm: image, the authors)
+        self.norm_per_image = norm_per_image
         # static_shapes: pool every box of the padded batch and mask, instead of selecting the valid ones
         # (a data-dependent count, read on the host); see ModelConfig.static_shapes
         self.static_shapes = static_shapes
@@ -144,7 +147,8 @@ class BoxHead(nn.Module):
         hidden, pooled = self._pool_rows(backbone, maps, rois, geometry, running_stats, return_pooled)  # [N, d], [N, *]
         full = hidden.new_zeros((B, X, hidden.shape[1]))
         full[batch_index, box_index] = hidden
-        features = masked_batch_norm(self.norm, full, valid, running_stats)  # BatchNorm over the real boxes only
+        norm = per_item_batch_norm if self.norm_per_image else masked_batch_norm
+        features = norm(self.norm, full, valid, running_stats)  # BatchNorm over the real boxes only
         if not return_pooled:
             return features
         pooled_full = pooled.new_zeros((B, X, pooled.shape[1]))

@@ -37,6 +37,62 @@ def masked_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
     return probs.masked_fill(~mask, 0.0)
 
 
+def stable_masked_softmax(logits: Tensor, mask: Tensor, epsilon: float, dim: int = -1) -> Tensor:
+    """The authors' ``numerical_stability_masked_softmax`` (``model.softmax_epsilon`` > 0, docs/fidelity.md D6):
+    exp(x - max(x * mask)) over the masked entries divided by (their sum + ``epsilon``). Rows sum to a little less
+    than 1, and to ~0 when every masked score is far below 0 (the max then counts the masked entries as 0).
+
+    Args / Returns: as :func:`masked_softmax`, plus ``epsilon`` (the authors': 1e-6).
+    """
+    mask = mask.expand_as(logits)
+    shift = (logits * mask.to(logits.dtype)).amax(dim=dim, keepdim=True)
+    # masked entries get exp(-inf) = 0 (the authors multiply by the mask: the same where their exp is finite)
+    exps = torch.exp(torch.where(mask, logits - shift, torch.full_like(logits, float("-inf"))))
+    return exps / (exps.sum(dim=dim, keepdim=True) + epsilon)
+
+
+def stable_softmax(logits: Tensor, epsilon: float, dim: int = -1) -> Tensor:
+    """The authors' ``numerical_stability_softmax``: exp(x - max x) / (sum + ``epsilon``) (see
+    :func:`stable_masked_softmax`)."""
+    exps = torch.exp(logits - logits.amax(dim=dim, keepdim=True))
+    return exps / (exps.sum(dim=dim, keepdim=True) + epsilon)
+
+
+def softmax_with_mask(epsilon: float):
+    """``masked_softmax`` (``epsilon`` 0) or the authors' :func:`stable_masked_softmax` with ``epsilon``."""
+    if epsilon == 0:
+        return masked_softmax
+    return lambda logits, mask, dim=-1: stable_masked_softmax(logits, mask, epsilon, dim)
+
+
+def per_item_batch_norm(norm: nn.BatchNorm1d, x: Tensor, valid: Tensor, running_stats: bool = False) -> Tensor:
+    """``model.phrase_norm: caption`` / ``model.box_norm: image`` (the authors' code, docs/fidelity.md D2-D3):
+    in training, each batch item's valid rows are normalised with their own statistics, one BatchNorm call (and
+    one update of the running statistics) per item in item order; an item with one row is repeated twice (the
+    authors' rule for one-phrase captions: the row then normalises to exactly the bias). ``running_stats`` is
+    ignored in training (the authors normalise the refined top-K boxes with their own statistics too); in
+    evaluation the running statistics normalise every row, as :func:`masked_batch_norm`.
+
+    Args:
+        norm: a BatchNorm1d over the last dimension.
+        x (Tensor[B, N, D]): features.
+        valid (Tensor[B, N]): bool.
+
+    Returns:
+        Tensor[B, N, D]: normalised valid rows, zeros elsewhere.
+    """
+    if not norm.training:
+        return masked_batch_norm(norm, x, valid, running_stats)
+    out = x.new_zeros(x.shape)
+    for item in range(x.shape[0]):
+        rows = x[item][valid[item]]  # [n, D]
+        if rows.shape[0] == 0:
+            continue
+        normed = norm(rows.repeat(2, 1))[:1] if rows.shape[0] == 1 else norm(rows)
+        out[item, valid[item]] = normed.to(out.dtype)
+    return out
+
+
 def masked_batch_norm(norm: nn.BatchNorm1d, x: Tensor, valid: Tensor, running_stats: bool = False) -> Tensor:
     """Apply ``norm`` to the valid rows of ``x`` only, so padding never enters the batch statistics.
 

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from relground.model.layers import masked_softmax
+from relground.model.layers import masked_softmax, softmax_with_mask
 
 BOX_CODER_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # R-CNN delta weights (wx, wy, ww, wh), as torchvision and detectron2
 BOX_CODER_CLIP = math.log(1000.0 / 16)  # largest dw/dh before exp(), as torchvision and detectron2
@@ -38,6 +38,10 @@ class MatchingHeads(nn.Module):
             inverting it wherever s_hat happens to be negative (see docs/model.md "Sign handling").
         regression_in_dim: width of the box input of F_reg; default ``hidden_dim`` (x_o). The pooled ResNet
             feature and the grid feature are wider (``ModelConfig.regression_input`` ``pooled`` / ``grid``).
+        init: ``relground`` (each split Linear PyTorch's default for its own input, F_reg's output N(0, 1e-3)) or
+            ``pytorch`` (every first layer as PyTorch initialises the one Linear(2d -> .) on the concat, F_reg's
+            output PyTorch's default: the authors' code, which never calls its ``init_weights``; ``cls_bias`` is
+            added to the output bias).
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class MatchingHeads(nn.Module):
         cls_hidden: int = 0,
         cls_bias: float = 0.0,
         regression_in_dim: Optional[int] = None,
+        init: str = "relground",
     ):
         super().__init__()
         if cls_hidden < 0:
@@ -68,6 +73,27 @@ class MatchingHeads(nn.Module):
             # Start from "no change": zero deltas keep the detector's boxes until regression learns.
             nn.init.normal_(self.reg_out.weight, std=0.001)
             nn.init.zeros_(self.reg_out.bias)
+        if init == "pytorch":
+            self._init_as_concat_linear(hidden_dim, regression_in_dim or hidden_dim, cls_bias)
+
+    @torch.no_grad()
+    def _init_as_concat_linear(self, hidden_dim: int, regression_in_dim: int, cls_bias: float) -> None:
+        """PyTorch's default initialisation of one Linear on concat(x_q, x_o): U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        for its weight and bias, fan_in the concat's width (``head_init: pytorch``)."""
+
+        def uniform(tensors, fan_in):
+            bound = 1.0 / math.sqrt(fan_in)
+            for tensor in tensors:
+                nn.init.uniform_(tensor, -bound, bound)
+
+        uniform((self.cls_phrase.weight, self.cls_box.weight, self.cls_box.bias), 2 * hidden_dim)
+        if self.cls_out is None:
+            self.cls_box.bias.add_(cls_bias)
+        if self.regression:
+            fan_in = regression_in_dim + (hidden_dim if self.reg_phrase is not None else 0)
+            first = [self.reg_box.weight, self.reg_box.bias] + ([self.reg_phrase.weight] if self.reg_phrase else [])
+            uniform(first, fan_in)
+            uniform((self.reg_out.weight, self.reg_out.bias), self.reg_out.in_features)
 
     def logits(self, phrases: Tensor, boxes: Tensor) -> Tensor:
         """F_cls.
@@ -122,7 +148,12 @@ def fuse_prior(logits: Tensor, prior: Tensor, fusion: str = "product") -> Tensor
 
 
 def prior_attention(
-    logits: Tensor, prior: Tensor, valid: Tensor, fusion: str = "product"
+    logits: Tensor,
+    prior: Tensor,
+    valid: Tensor,
+    fusion: str = "product",
+    epsilon: float = 0.0,
+    empty_prior: str = "all_boxes",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Attention over boxes masked to s_a > 0 (the authors' softmax), with a guard for all-zero rows.
 
@@ -135,6 +166,9 @@ def prior_attention(
         prior (Tensor[B, P, X]): s_a >= 0.
         valid (Tensor[B, P, X] | Tensor[B, 1, X]): bool, real boxes.
         fusion: see :func:`fuse_prior`.
+        epsilon: 0 = exact masked softmax; > 0 = the authors' (``model.softmax_epsilon``, docs/fidelity.md D6).
+        empty_prior: ``all_boxes`` (the guard above) or ``none`` (no guard: such a row's attention is all zero, the
+            authors', ``model.empty_prior``).
 
     Returns:
         score (Tensor[B, P, X]): fused s (Eq. 4 / 9).
@@ -143,11 +177,14 @@ def prior_attention(
     """
     valid = valid.expand_as(prior)
     with_prior = (prior > 0) & valid
-    row_has_prior = with_prior.any(-1, keepdim=True)  # [B, P, 1]
-    prior = torch.where(row_has_prior, prior, torch.ones_like(prior))
-    mask = torch.where(row_has_prior, with_prior, valid)
+    if empty_prior == "none":
+        mask = with_prior
+    else:
+        row_has_prior = with_prior.any(-1, keepdim=True)  # [B, P, 1]
+        prior = torch.where(row_has_prior, prior, torch.ones_like(prior))
+        mask = torch.where(row_has_prior, with_prior, valid)
     score = fuse_prior(logits, prior, fusion)
-    return score, masked_softmax(score, mask), mask
+    return score, softmax_with_mask(epsilon)(score, mask), mask
 
 
 def gather_topk(values: Tensor, index: Tensor, per_phrase: bool = False) -> Tensor:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from relground.model.layers import masked_batch_norm, masked_batch_norm_static
+from relground.model.layers import masked_batch_norm, masked_batch_norm_static, per_item_batch_norm
 
 
 def span_mean(outputs: Tensor, spans: Tensor, valid: Tensor) -> Tensor:
@@ -42,6 +42,8 @@ class PhraseEncoder(nn.Module):
         batchnorm: BatchNorm1d on phrase features, as the authors.
         static_shapes: run the RNN on the padded words instead of a packed sequence (whose lengths are read on the
             host); see :func:`run_padded`. Default False.
+        norm_per_caption: BatchNorm statistics of each caption's phrases alone (``model.phrase_norm: caption``,
+            the authors), see :func:`relground.model.layers.per_item_batch_norm`. Default False (the batch's).
     """
 
     def __init__(
@@ -53,9 +55,11 @@ class PhraseEncoder(nn.Module):
         bidirectional: bool = False,
         batchnorm: bool = True,
         static_shapes: bool = False,
+        norm_per_caption: bool = False,
     ):
         super().__init__()
         self.static_shapes = static_shapes
+        self.norm_per_caption = norm_per_caption
         if vocab_size < 2:
             raise ValueError(f"caption_vocab_size must be >= 2 (0 is padding), got {vocab_size}")
         self.embedding = nn.Embedding(vocab_size, word_dim, padding_idx=0)
@@ -113,6 +117,7 @@ class PhraseEncoder(nn.Module):
         phrases = span_mean(outputs, phrase_spans, phrase_valid)  # [B, P, d]
         if self.norm is not None:
             norm = masked_batch_norm_static if self.static_shapes else masked_batch_norm
+            norm = per_item_batch_norm if self.norm_per_caption else norm
             phrases = norm(self.norm, phrases, phrase_valid)
         sentence = outputs.sum(1) / lengths[:, None].to(outputs.dtype)  # padding outputs are zero
         return phrases, sentence

@@ -24,6 +24,7 @@ Over 400 lines because the forward pass and every step it calls are kept in one 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from types import SimpleNamespace
 from typing import Callable, Optional, Sequence
 
@@ -145,27 +146,41 @@ class ReIR(nn.Module):
             cfg.spatial_scale,
             grid,
             static_shapes=cfg.static_shapes,
+            norm_per_image=cfg.box_norm == "image",
         )
         self.phrase_encoder = PhraseEncoder(
-            caption_vocab_size, cfg.word_dim, d, cfg.rnn_type, cfg.bidirectional, static_shapes=cfg.static_shapes
+            caption_vocab_size,
+            cfg.word_dim,
+            d,
+            cfg.rnn_type,
+            cfg.bidirectional,
+            static_shapes=cfg.static_shapes,
+            norm_per_caption=cfg.phrase_norm == "caption",
         )
         heads = (
             d, cfg.box_regression, cfg.regression_uses_phrase, cfg.regression_hidden, cfg.cls_hidden, cfg.cls_bias,
             self.box_head.pooled_features if self.regress_pooled else d,
         )
-        self.matching = MatchingHeads(*heads)  # F_cls, F_reg
+        self.matching = MatchingHeads(*heads, init=cfg.head_init)  # F_cls, F_reg
         # The authors share F_cls and F_reg between the stages; share_stage_heads=False gives stage 2 its own.
-        self.matching_stage2 = MatchingHeads(*heads) if cfg.two_stage and not cfg.share_stage_heads else None
+        separate = cfg.two_stage and not cfg.share_stage_heads
+        self.matching_stage2 = MatchingHeads(*heads, init=cfg.head_init) if separate else None
         self.box_decoder = BoxDecoder()
-        self.graph = VisualObjectGraph(d, cfg.vogn_dim, cfg.vogn_variant, cfg.vogn_weights) if cfg.vogn else None
+        self.graph = (
+            VisualObjectGraph(
+                d, cfg.vogn_dim, cfg.vogn_variant, cfg.vogn_weights, cfg.vogn_zero_gates, cfg.softmax_epsilon
+            )
+            if cfg.vogn
+            else None
+        )
         self.relational = (
             RelationalGeometryMessages(d, num_relation_classes, cfg.relation_hidden) if cfg.vogn_geometry else None
         )
-        decoder_args = (phrase_vocab_size, d, cfg.word_dim, d, cfg.decoder_rnn_type)
+        decoder_args = (phrase_vocab_size, d, cfg.word_dim, d, cfg.decoder_rnn_type, cfg.decoder_input == "tied")
         self.decoder = PhraseDecoder(*decoder_args) if loss.reconstruction_stages else None
         own_decoder = cfg.separate_stage2_decoder and 2 in loss.reconstruction_stages
         self.decoder_stage2 = PhraseDecoder(*decoder_args) if own_decoder else None
-        self.ranking = RankingEmbedding(d, d, cfg.ranking_dim) if loss.ranking else None
+        self.ranking = RankingEmbedding(d, d, cfg.ranking_dim, cfg.ranking_projection) if loss.ranking else None
         pair_dim = 4 if cfg.relation_geometry else 0  # relative geometry of every candidate box pair
         self.relation = (
             RelationClassifier(d, num_relation_classes, cfg.relation_hidden, pair_dim, loss.relation_form)
@@ -187,7 +202,13 @@ class ReIR(nn.Module):
         self.stage2_inputs = detach_all if cfg.detach_stage2_inputs else keep_gradient
         self.regression_inputs = detach_all if cfg.detach_regression_inputs else keep_gradient
         self.stage2_pooling = STAGE2_POOLING[cfg.stage2_pooling]
-        self.ranking_loss = contrastive_ranking_loss if loss.ranking_form == "contrastive" else ranking_loss
+        self.ranking_loss = (
+            contrastive_ranking_loss
+            if loss.ranking_form == "contrastive"
+            else functools.partial(ranking_loss, epsilon=cfg.softmax_epsilon)
+        )
+        # boxes of the predictions: clipped to the image (relground) or not (the authors)
+        self.clip_predictions = cfg.clip_predictions
         # static_shapes: the masked forms of the data-dependent steps, and the step torch.compile may trace whole
         self.static_shapes = cfg.static_shapes
         self._compiled_step: Optional[Callable[..., ReIROutput]] = None  # set by compile_step
@@ -328,7 +349,9 @@ class ReIR(nn.Module):
         """alpha^c = softmax_{s_a > 0}(F_cls(x_q, x_o) * s_a) (Eq. 2-4), z^c and delta^c = F_reg(x_q, x_o)."""
         logits = self.matching.logits(x_q, x_o)  # s_hat [B, P, M]
         valid = batch.proposal_valid[:, None, :]  # [B, 1, M]
-        _, attention, _ = prior_attention(logits, batch.category_prior, valid, self.cfg.score_fusion)
+        _, attention, _ = prior_attention(
+            logits, batch.category_prior, valid, self.cfg.score_fusion, self.cfg.softmax_epsilon, self.cfg.empty_prior
+        )
         attention = attention * batch.phrase_valid[..., None]  # [B, P, M], zero rows for padding phrases
         pooled = torch.einsum("bpm,bmd->bpd", attention, x_o)  # z^c [B, P, d]
         deltas = self._deltas(self.matching, x_q, x_o if pooled_o is None else pooled_o)  # [B, P, M, 4] | None
@@ -341,7 +364,7 @@ class ReIR(nn.Module):
         best = att1.argmax(-1)  # [B, P]
         boxes = pick(proposals[:, None].expand(B, att1.shape[1], M, 4), best)  # [B, P, 4]
         if coarse.deltas is not None:
-            boxes = self.box_decoder(pick(coarse.deltas, best), boxes, batch.image_sizes)
+            boxes = self.box_decoder(pick(coarse.deltas, best), boxes, batch.image_sizes if self.clip_predictions else None)
         return ReIROutput(
             losses={},
             total_loss=coarse.pooled.new_zeros(()),
@@ -373,7 +396,9 @@ class ReIR(nn.Module):
         boxes_k = gather_topk(batch.proposals, index)  # [B, P, K, 4]
         refined_k = boxes_k
         if coarse.deltas is not None:
-            refined_k = self.box_decoder(gather_topk(coarse.deltas, index, per_phrase=True), boxes_k, sizes).detach()
+            refined_k = self.box_decoder(gather_topk(coarse.deltas, index, per_phrase=True), boxes_k, sizes)
+            # the authors' refined boxes keep their gradient into the stage-2 regression targets (D5)
+            refined_k = refined_k.detach() if self.cfg.detach_refined_boxes else refined_k
         repool = coarse.deltas is not None and refine
         if repool:  # normalised like the proposals (running statistics), see BoxHead
             x_k, pooled_k = self._embed_boxes(
@@ -401,7 +426,9 @@ class ReIR(nn.Module):
         heads = self.fine_heads
         logits = heads.logits(x_q, x_k)  # [B, P, K]
         prior_k = gather_topk(batch.category_prior, topk.index, per_phrase=True) * topk.valid  # [B, P, K]
-        _, att2, _ = prior_attention(logits, prior_k, topk.valid, self.cfg.score_fusion)  # alpha^f [B, P, K]
+        _, att2, _ = prior_attention(
+            logits, prior_k, topk.valid, self.cfg.score_fusion, self.cfg.softmax_epsilon, self.cfg.empty_prior
+        )  # alpha^f [B, P, K]
         fused = topk.attention * att2  # s = s^c * s^f as probabilities (never sign-flipped), not renormalised
         pooling = self.stage2_pooling(att2, fused)
         pooled = torch.einsum("bpk,bpkd->bpd", pooling, x_k)  # z^f [B, P, d]
@@ -414,7 +441,8 @@ class ReIR(nn.Module):
 
         def predict(choice: Tensor) -> Tensor:  # [B, P] slot -> [B, P, 4]
             box = pick(topk.refined, choice)
-            return box if fine.deltas is None else self.box_decoder(pick(fine.deltas, choice), box, sizes)
+            clip = sizes if self.clip_predictions else None
+            return box if fine.deltas is None else self.box_decoder(pick(fine.deltas, choice), box, clip)
 
         best = fine.fused.argmax(-1)  # [B, P]
         out.boxes, out.scores = predict(best), pick(fine.fused[..., None], best)[..., 0]
@@ -444,13 +472,24 @@ class ReIR(nn.Module):
         loss_cfg, phrase_valid = self.cfg.loss, batch.phrase_valid
         losses: dict[str, Tensor] = {}
         distributed = dist.is_available() and dist.is_initialized()
-        counts: dict[str, Tensor] = {}  # term -> this process's denominator (distributed only)
+        # loss.normalization image (the authors'): per-item means (rec, reg, rel) as [B] vectors, scaled at the end
+        per_image = loss_cfg.normalization == "image"
+        counts: dict[str, Tensor] = {}  # term -> this process's denominator (distributed, batch normalisation)
         pooled = {1: coarse.pooled, 2: None if fine is None else fine.pooled}  # z^c, z^f [B, P, d]
+        words = self._decoder_words(batch) if self.cfg.decoder_input == "tied" and self.decoder is not None else None
         for stage in loss_cfg.reconstruction_stages:
             decoder = self.decoder_stage2 if stage == 2 and self.decoder_stage2 is not None else self.decoder
-            rec = reconstruction_loss_static if self.static_shapes else reconstruction_loss
-            losses[f"rec_s{stage}"] = rec(decoder, pooled[stage], batch.phrase_targets, phrase_valid)
-            if distributed:
+            if self.static_shapes:
+                losses[f"rec_s{stage}"] = reconstruction_loss_static(
+                    decoder, pooled[stage], batch.phrase_targets, phrase_valid
+                )
+            else:
+                extra = {} if words is None else {"words": words}  # the tied decoder's inputs
+                extra.update({"per_item": True} if per_image else {})
+                losses[f"rec_s{stage}"] = reconstruction_loss(
+                    decoder, pooled[stage], batch.phrase_targets, phrase_valid, **extra
+                )
+            if distributed and not per_image:
                 counts[f"rec_s{stage}"] = reconstructed_tokens(batch.phrase_targets, phrase_valid)
         if self.ranking is not None:
             stages = loss_cfg.ranking_stages if fine is not None else (1,)
@@ -484,43 +523,71 @@ class ReIR(nn.Module):
             kwargs = dict(iou_threshold=loss_cfg.iou_threshold, score_gap=loss_cfg.score_gap, weights=BOX_CODER_WEIGHTS)
             targets_fn = self.ops.self_taught_targets
             selected: list[Tensor] = []  # the boxes each regression loss averages over (distributed only)
-            if distributed:
+            if distributed and not per_image:
                 targets_fn = recording_selected(targets_fn, selected)
-            losses["reg_s1"] = self_taught_regression_loss(
+            reg1 = self_taught_regression_loss(
                 coarse.deltas,
                 batch.proposals,
                 coarse.attention,
                 batch.proposal_valid,
                 targets_fn,
                 phrase_valid=phrase_valid,
+                per_item=per_image,
                 **kwargs,
             )
-            if distributed:
+            losses["reg_s1"] = reg1[0] / reg1[1].clamp(min=1) if per_image else reg1  # per item [B] | mean
+            if distributed and not per_image:
                 counts["reg_s1"] = (selected.pop() & phrase_valid[..., None]).sum()
             if fine is not None:
                 # Each phrase has its own K boxes: treat every (item, phrase) as an "image" with one phrase.
                 B, P, K = topk.index.shape
-                losses["reg_s2"] = self_taught_regression_loss(
+                reg2 = self_taught_regression_loss(
                     fine.deltas.reshape(B * P, 1, K, 4),
                     topk.boxes.reshape(B * P, K, 4),
                     fine.attention.reshape(B * P, 1, K),
                     topk.valid.reshape(B * P, K),
                     targets_fn,
+                    per_item=per_image,
+                    target_gradient=topk.boxes.requires_grad,  # detach_refined_boxes: false, after the refinement
                     **kwargs,
                 )
-                if distributed:
+                if per_image:  # the image's K-box sets of all its phrases together, as the authors
+                    reg2 = reg2[0].reshape(B, P).sum(1) / reg2[1].reshape(B, P).sum(1).clamp(min=1)
+                losses["reg_s2"] = reg2
+                if distributed and not per_image:
                     counts["reg_s2"] = selected.pop().sum()
         if self.relation is not None and batch.relation_index.shape[0] > 0:
             logits = self._relation_logits(batch, topk, fine)  # [R, C_r]
             rel = relation_loss_static if self.static_shapes else relation_loss
-            losses["rel"] = rel(logits, batch.relation_labels, self.relation_weights, loss_cfg.relation_form)
-        elif self.relation is not None and distributed:
-            losses["rel"] = coarse.pooled.sum() * 0.0  # every process reports (and reduces) the same terms
-        if distributed and self.relation is not None:
+            if per_image:
+                losses["rel"] = per_item_relation_loss(
+                    logits, batch.relation_index, batch.relation_labels, self.relation_weights, loss_cfg.relation_form,
+                    phrase_valid.shape[0],
+                )
+            else:
+                losses["rel"] = rel(logits, batch.relation_labels, self.relation_weights, loss_cfg.relation_form)
+        elif self.relation is not None and (distributed or per_image):
+            # every process reports (and reduces) the same terms
+            losses["rel"] = coarse.pooled.sum((1, 2)) * 0.0 if per_image else coarse.pooled.sum() * 0.0
+        if distributed and self.relation is not None and not per_image:
             counts["rel"] = (batch.relation_labels.sum(1) > 0).sum() if batch.relation_index.shape[0] > 0 else 0
         if counts:
             losses.update(global_means(losses, counts))
+        if per_image:
+            losses = per_image_terms(losses, phrase_valid.shape[0], loss_cfg.reference_images, distributed)
         return losses
+
+    def _decoder_words(self, batch: GroundingBatch) -> Tensor:
+        """The tied decoder's inputs [B, P, L - 1, w]: the caption encoder's embedding of each phrase's words (the
+        caption's ids over its span), zeros past them (``model.decoder_input: tied``, the authors')."""
+        L = batch.phrase_targets.shape[-1]
+        start = batch.phrase_spans[..., 0]  # [B, P]
+        lengths = (batch.phrase_spans[..., 1] - start).clamp(min=0)  # [B, P]
+        steps = torch.arange(L - 1, device=start.device)  # [L - 1]
+        positions = (start[..., None] + steps).clamp(max=batch.words.shape[1] - 1)  # [B, P, L - 1]
+        ids = torch.gather(batch.words[:, None, :].expand(-1, start.shape[1], -1), 2, positions)
+        ids = torch.where(steps < lengths[..., None], ids, torch.zeros_like(ids))  # 0 = padding: a zero vector
+        return self.phrase_encoder.embedding(ids)
 
     def _relation_logits(self, batch: GroundingBatch, topk: TopK, fine: FineStage) -> Tensor:
         """F_rel on the stage-2 vectors of each related pair (Eq. 16); with ``relation_geometry`` also the
@@ -570,6 +637,45 @@ def recording_selected(targets_fn: Callable, store: list[Tensor]) -> Callable:
         return out
 
     return wrapped
+
+
+def per_item_relation_loss(
+    logits: Tensor, relation_index: Tensor, labels: Tensor, weights: Optional[Tensor], form: str, items: int
+) -> Tensor:
+    """[items]: each item's own :func:`relation_loss` over its relation pairs (0 without a labelled one)."""
+    item = relation_index[:, 0]
+    dtype = torch.promote_types(torch.float32, logits.dtype)
+    zero = (logits.sum() * 0.0).to(dtype)  # connected, so that every item's term has a gradient path
+    values = []
+    for b in range(items):
+        rows = item == b
+        values.append(relation_loss(logits[rows], labels[rows], weights, form).to(dtype) if bool(rows.any()) else zero)
+    return torch.stack(values)
+
+
+def per_image_terms(losses: dict[str, Tensor], items: int, reference: int, distributed: bool) -> dict[str, Tensor]:
+    """``loss.normalization: image`` (the authors', docs/fidelity.md D1): every term as ``reference`` x its mean
+    over the global batch's items: per-item vectors [B] (reconstruction, regression, relation) summed, the ranking
+    sums over captions as they are, then x ``reference`` / (global number of items). Inside a process group the
+    value is also x world size, so that DDP's gradient average is that of the global batch's term: the objective
+    does not depend on the number of processes (the authors': their sum over a GPU's 10 images, averaged over 4
+    GPUs, is this with ``reference`` 10)."""
+    summed = {name: value.sum() if value.dim() else value for name, value in losses.items()}
+    like = next(iter(summed.values()), None)
+    if like is None:
+        return summed
+    total = torch.tensor(float(items), dtype=torch.float64, device=like.device)
+    world = 1
+    if distributed:
+        dist.all_reduce(total)
+        world = dist.get_world_size()
+    factor = reference * world / total.clamp(min=1)
+    # the ranking terms come as the global batch's sum already (x world size inside a process group, see _losses)
+    ranking_factor = reference / total.clamp(min=1)
+    return {
+        name: value * (ranking_factor if name.startswith("rank") else factor).to(value.dtype)
+        for name, value in summed.items()
+    }
 
 
 def global_means(losses: dict[str, Tensor], counts: dict[str, Tensor | int]) -> dict[str, Tensor]:

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from relground.model.layers import masked_softmax
+from relground.model.layers import masked_softmax, softmax_with_mask
 
 
 def relation_adjacency(relation_index: Tensor, phrase_valid: Tensor) -> Tensor:
@@ -55,10 +55,27 @@ class VisualObjectGraph(nn.Module):
         key_dim: width of W (authors: 512).
         variant: ``authors`` or ``paper``.
         weights: ``attention`` or ``uniform``.
+        zero_gates: ``authors`` variant: ``keep`` a gate-0 edge in the softmax (logit 0) or ``drop`` it, as the
+            released code (``model.vogn_zero_gates``, docs/fidelity.md D4): its softmax runs over the gates != 0, and
+            a phrase without such an edge in an item with at least one relation gets m_i = ReLU(b) of the message
+            layer (the softmax of an empty row is 0, the layer's bias remains).
+        epsilon: the authors' softmax epsilon (``model.softmax_epsilon``); 0 = exact.
     """
 
-    def __init__(self, hidden_dim: int, key_dim: int = 512, variant: str = "authors", weights: str = "attention"):
+    def __init__(
+        self,
+        hidden_dim: int,
+        key_dim: int = 512,
+        variant: str = "authors",
+        weights: str = "attention",
+        zero_gates: str = "keep",
+        epsilon: float = 0.0,
+    ):
         super().__init__()
+        if zero_gates not in ("keep", "drop"):
+            raise ValueError(f"model.vogn_zero_gates must be 'keep' or 'drop', got {zero_gates!r}")
+        self.drop_zero_gates = zero_gates == "drop"
+        self.softmax = softmax_with_mask(epsilon)
         if variant not in ("authors", "paper"):
             raise ValueError(f"model.vogn_variant must be 'authors' or 'paper', got {variant!r}")
         if weights not in ("attention", "uniform"):
@@ -83,7 +100,9 @@ class VisualObjectGraph(nn.Module):
         affinity = torch.bmm(keys, keys.transpose(1, 2)) * self.scale  # [B, P, P]
         if gate:
             affinity = torch.relu(affinity)
-        return masked_softmax(affinity, adjacency)  # rows without neighbours: all zero
+            if self.drop_zero_gates:
+                adjacency = adjacency & (affinity != 0)
+        return self.softmax(affinity, adjacency)  # rows without neighbours: all zero
 
     def forward(self, features: Tensor, attention: Tensor, adjacency: Tensor) -> Tensor:
         """
@@ -101,7 +120,9 @@ class VisualObjectGraph(nn.Module):
             keys = self.key(nodes) if self.key is not None else nodes
             weights = self.edge_weights(keys, adjacency, gate=True)  # [B, P, P]
             update = torch.relu(self.message(torch.bmm(weights, nodes)))  # [B, P, d]
-            update = update * has_neighbour  # no relation, no message
+            # no relation, no message; the authors': every phrase of an item with a relation gets the message
+            has_neighbour = adjacency.flatten(1).any(1)[:, None, None] if self.drop_zero_gates else has_neighbour
+            update = update * has_neighbour
         else:
             messages = self.message(nodes)  # F_M(z) [B, P, d]
             weights = self.edge_weights(messages, adjacency, gate=False)

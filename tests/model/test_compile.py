@@ -37,8 +37,11 @@ CONFIGS = {
     # the synthetic config with its feature cache off (the cache is a host store; see test_cache_outside_step)
     "synthetic": lambda **c: section("synthetic", cache_features=False, **c),
     "flickr30k": lambda **c: section("flickr30k_reir", **c),
-    # the authors' code: fused stage-2 pooling, shared heads, F_reg on x_o with gradient, one-Linear F_cls
-    "flickr30k_authors": lambda **c: section("flickr30k_reir_authors", **c),
+    # the authors' code: fused stage-2 pooling, shared heads, F_reg on x_o with gradient, one-Linear F_cls; but
+    # the released code's per-item statistics and means and its tied decoder, which the static step does not have
+    "flickr30k_authors": lambda **c: section(
+        "flickr30k_reir_authors", phrase_norm="batch", box_norm="batch", decoder_input="projected",
+        loss=dict(normalization="batch"), **c),
 }
 
 
