@@ -47,6 +47,30 @@ def test_grouped_benchmark_reports_consistent_fields_and_pairs_over_c_backbone_i
     assert result["device_batch"]["data_ms"] < result["step_ms"]
 
 
+def test_both_schedule_phases_timed_and_weighted(capsys):
+    """Before and after refine_start_iteration (synthetic.yaml: 200 of 800), weighted 1/4 : 3/4; the loader named;
+    a grouped batch of 10 pairs holds exactly its 2 distinct images."""
+    result = _run(capsys, "--set", "data.captions_per_image=5", "--no-device-batch")
+    phases = result["schedule_phases"]
+    assert phases["before_refine"]["first_iteration"] == 0 and phases["after_refine"]["first_iteration"] == 200
+    assert phases["before_refine"]["iterations"] == 200 and phases["after_refine"]["iterations"] == 600
+    expected = 0.25 * phases["before_refine"]["step_ms"] + 0.75 * phases["after_refine"]["step_ms"]
+    assert result["step_ms"] == pytest.approx(expected)
+    assert result["schedule_hours"] == pytest.approx(800 * expected / 3.6e6)
+    assert all(row["distinct_images_per_batch"] == 2 for row in phases.values()) and result["images_per_batch"] == 2
+    assert result["loader"] == "pil" and "PIL" in result["pipeline"]
+
+
+def test_loader_only_reports_each_loader_against_the_demand(capsys):
+    result = _run(capsys, "--set", "data.captions_per_image=5", "--loader-only", "--loader-batches", "2")
+    assert {"pil", "torchvision"} <= set(result["loaders"])
+    assert result["distinct_images_per_pair"] == pytest.approx(0.2)  # 2 images for 10 pairs
+    assert result["demand_images_per_s"] == pytest.approx(1800 * 0.2)
+    for row in result["loaders"].values():
+        assert row["images_per_s_per_worker"] > 0
+        assert row["workers_needed"] == pytest.approx(360 / row["images_per_s_per_worker"])
+
+
 def test_per_pair_backbone_runs_every_pair(capsys):
     result = _run(capsys, "--set", "data.captions_per_image=5", "--per-pair-backbone", "--no-device-batch")
     assert result["backbone_images_per_step"] == 10
