@@ -98,10 +98,12 @@ def format_loader_report(result: dict) -> str:
     lines = [f"relground benchmark --loader-only: {result['device']}; demand at {result['target_pairs_per_s']:,} "
              f"pairs/s: {result['demand_images_per_s']:.0f} images/s ({result['distinct_images_per_pair']:.2f} "
              "distinct images per pair)",
-             f"{'loader':<13}{'img/s/worker':>14}{'ms/img':>9}{'workers needed':>16}  pipeline"]
+             f"{'loader':<13}{'img/s/worker':>14}{'ms/img':>9}{'CPU ms/img':>12}{'workers needed':>16}"
+             f"{'(idle cores)':>14}  pipeline"]
     for name, row in result["loaders"].items():
         lines.append(f"{name:<13}{row['images_per_s_per_worker']:14.1f}{row['ms_per_image']:9.1f}"
-                     f"{row['workers_needed']:16.1f}  {row['pipeline']}")
+                     f"{row['cpu_ms_per_image']:12.1f}{row['workers_needed']:16.1f}"
+                     f"{row['workers_needed_idle_cores']:14.1f}  {row['pipeline']}")
     return "\n".join(lines)
 
 

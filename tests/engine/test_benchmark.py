@@ -107,3 +107,21 @@ def test_cuda_bf16_training_step_of_the_full_model_and_the_evaluator(tmp_path):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         metrics = evaluate_model(model, loader)
     assert metrics["count"] > 0 and 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_synthetic_shapes_default_to_flickr30k_statistics(tmp_path):
+    """Sizes from Flickr30K's mix (both orientations), 50-100 proposals, five captions, one file per image id."""
+    from relground.data.synthetic.shapes import FLICKR30K_SIZES
+
+    write_synthetic_shapes(tmp_path, SyntheticShapes(images=60))
+    images = load_flickr30k(tmp_path, "train")
+    sizes = {(im.width, im.height) for im in images}
+    assert sizes <= {size for size, _ in FLICKR30K_SIZES}
+    assert any(w > h for w, h in sizes) and any(w < h for w, h in sizes)
+    assert all(len(im.sentences) == 5 for im in images)
+    store = ProposalStore(tmp_path / "proposals.h5")
+    counts = [len(store[im.image_id]) for im in images]
+    store.close()
+    assert min(counts) >= 50 and max(counts) <= 100 and len(set(counts)) > 1
+    files = [tmp_path / "Images" / f"{im.image_id}.jpg" for im in images]
+    assert all(f.is_file() for f in files) and len({f.stat().st_ino for f in files}) < len(files)  # hard links
