@@ -15,8 +15,9 @@ import tempfile
 from relground.config import load_config
 from relground.data.synthetic.shapes import SyntheticShapes, write_synthetic_shapes
 from relground.engine.benchmark import (
-    PAPER_ITERATIONS, PAPER_PAIRS_PER_STEP, PHASES, run_benchmark, run_loader_benchmark, synthetic_shapes_config,
+    PAPER_ITERATIONS, PAPER_PAIRS_PER_STEP, PHASES, run_benchmark, synthetic_shapes_config,
 )
+from relground.engine.loader_benchmark import run_loader_benchmark
 
 _DEFAULTS = SyntheticShapes()
 

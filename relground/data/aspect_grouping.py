@@ -1,4 +1,5 @@
-"""Batches of one orientation (``data.aspect_grouping``), and batch samplers that resume part-way through an epoch.
+"""Batches of one orientation (``data.aspect_grouping``), batch samplers that resume part-way through an epoch, and
+the batch sampler every loader shares (:func:`build_batch_sampler`).
 
 A batch pads its images to the largest height and the largest width among them: a 600x900 (landscape) and a
 900x600 (portrait) image make a 900x900 batch, 50% more pixels than either, which the backbone convolves in full.
@@ -11,7 +12,15 @@ and share their image's orientation, so they stay together) and with a plain ``B
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from torch.utils.data import BatchSampler
+
+from relground.config.data import DataConfig
+from relground.data.samplers import ImageGroupedBatchSampler, ResumableDistributedSampler
+
+if TYPE_CHECKING:  # dataset.py builds its loaders with build_batch_sampler: a runtime import would be a cycle
+    from relground.data.dataset import GroundingDataset
 
 
 def is_landscape(height: int, width: int) -> bool:
@@ -113,3 +122,35 @@ class AspectRatioGroupedBatchSampler(ResumableBatchSampler):
     def __len__(self) -> int:
         # The regrouped count depends on the epoch's order only through the tail; counting it is cheap (indices).
         return sum(1 for _ in self._batches())
+
+
+def build_batch_sampler(cfg: DataConfig, dataset: "GroundingDataset", train: bool, rank: int, world_size: int,
+                        seed: int, distributed_order: bool, always: bool = False):
+    """The dataset indices of each batch: a batch sampler that resumes part-way (``set_start_batch``), or None
+    for plain per-pair batches (the ``DataLoader``'s own sampler then) unless ``always`` (the DALI loader).
+
+    Grouped captions (``data.captions_per_image > 1``, training) pack up to c pairs of an image per batch
+    (:class:`ImageGroupedBatchSampler`); otherwise pairs follow the distributed sampler's ``(seed, epoch)`` order.
+    ``data.aspect_grouping`` (training) then regroups them by orientation (:class:`AspectRatioGroupedBatchSampler`).
+    """
+    grouped = train and cfg.captions_per_image > 1
+    aspect = train and cfg.aspect_grouping
+    if not (grouped or aspect or always):
+        return None
+    if grouped:
+        # Captions of one image in one batch: the model runs its backbone once per distinct image.
+        inner = ImageGroupedBatchSampler(
+            [image_index for image_index, _ in dataset.pairs], cfg.batch_size, cfg.captions_per_image,
+            shuffle=True, seed=seed, drop_last=True, rank=rank, world_size=world_size,
+        )
+    else:
+        # Same (seed, epoch) permutation as DistributedSampler; a resumed run starts mid-epoch without loading
+        # the batches it already trained on.
+        sampler = ResumableDistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train
+        )
+        inner = BatchSampler(sampler, cfg.batch_size, drop_last=train)
+    if not aspect:
+        return ResumableBatchSampler(inner)
+    landscape = [is_landscape(dataset.images[i].height, dataset.images[i].width) for i, _ in dataset.pairs]
+    return AspectRatioGroupedBatchSampler(inner, landscape, cfg.batch_size, drop_last=train)

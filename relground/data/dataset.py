@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from relground.config.data import DataConfig
 from relground.data.catalog import load_split
-from relground.data.aspect_grouping import AspectRatioGroupedBatchSampler, ResumableBatchSampler, is_landscape
+from relground.data.aspect_grouping import build_batch_sampler
 from relground.data.collate import GroundingCollate, GroundingItem, collate_grounding
 from relground.data.dali import (
     DaliGroundingLoader,  # imports nvidia.dali only when a DALI loader is built
@@ -28,10 +28,7 @@ from relground.data.device_decode import DeviceBatches, read_image
 from relground.data.flickr30k import SkipReport
 from relground.data.loader_choice import choose_loader
 from relground.data.proposals import ProposalStore, validate_proposals
-from relground.data.samplers import (
-    ImageGroupedBatchSampler,
-    ResumableDistributedSampler,
-)
+from relground.data.samplers import ResumableDistributedSampler
 from relground.data.transforms import resize_scale, resized_size, transform_image
 from relground.language.relations import attach_relations
 from relground.language.vocab import tokenize
@@ -46,10 +43,8 @@ JPEG_TAIL_BYTES = 4096
 # How a dataset hands its images over (GroundingDataset's raw_images): None = PIL, finished in the worker.
 RAW_IMAGES = (None, "decoded", "jpeg", "torchvision")
 
-__all__ = [
-    "GroundingDataset", "GroundingItem", "build_batch_sampler", "build_dataloader", "build_dataset", "collate_grounding", "load_annotations",
-    "usable_pairs",
-]
+__all__ = ["GroundingDataset", "GroundingItem", "build_batch_sampler", "build_dataloader", "build_dataset",
+           "collate_grounding", "load_annotations", "usable_pairs"]
 
 
 def usable_pairs(images: Sequence[ImageAnnotation]) -> list[tuple[int, int]]:
@@ -356,9 +351,7 @@ def build_dataloader(
     """Batches of ``dataset`` for one process of ``world_size``.
 
     Args:
-        cfg (DataConfig): batch size, workers, loader (``auto`` resolved by
-            :func:`relground.data.loader_choice.choose_loader`; the dataset must come from :func:`build_dataset`
-            with the same ``cfg``).
+        cfg (DataConfig): batch size, workers, loader (``auto``: :func:`relground.data.loader_choice.choose_loader`).
         dataset (GroundingDataset): from :func:`build_dataset`.
         train (bool): shuffle (and drop the last incomplete batch). Default True.
         rank (int), world_size (int): this process's shard; a :class:`ResumableDistributedSampler` when
@@ -370,10 +363,9 @@ def build_dataloader(
             same global batches at any world size).
 
     Returns:
-        Iterable[GroundingBatch]: a ``DataLoader`` (PIL, or torchvision without a GPU), a
-        :class:`relground.data.dali.DaliGroundingLoader`, or a :class:`relground.data.device_decode.DeviceBatches`
-        over a ``DataLoader`` (batches finished on ``device_id`` by a thread, one ahead). Its ``loader_name`` says
-        which loader runs.
+        Iterable[GroundingBatch]: a ``DataLoader``, a :class:`relground.data.dali.DaliGroundingLoader`, or a
+        :class:`relground.data.device_decode.DeviceBatches` over a ``DataLoader`` (finished on ``device_id`` by a
+        thread, one batch ahead); ``loader_name`` says which loader runs.
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank: {rank} must be in [0, world_size={world_size})")
@@ -391,14 +383,10 @@ def build_dataloader(
     elif batch_sampler is not None:
         loader = DataLoader(dataset, batch_sampler=batch_sampler, num_workers=cfg.num_workers, collate_fn=collate,
                             pin_memory=torch.cuda.is_available(), persistent_workers=cfg.num_workers > 0)
-    else:  # per pair: a RandomSampler's order (DataStream saves and restores the generator), or distributed
-        sampler = None
-        if world_size > 1 or distributed_order:
-            # Same (seed, epoch) permutation as DistributedSampler; a resumed run starts mid-epoch without loading
-            # the batches it already trained on.
-            sampler = ResumableDistributedSampler(
-                dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train
-            )
+    else:  # per pair: a RandomSampler's order (DataStream restores its generator), or the distributed (seed, epoch)
+        # permutation, which a resumed run starts mid-epoch without loading the batches it already trained on
+        sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
+                                              drop_last=train) if world_size > 1 or distributed_order else None
         loader = DataLoader(
             dataset, batch_size=cfg.batch_size, shuffle=train and sampler is None, sampler=sampler,
             num_workers=cfg.num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
@@ -409,35 +397,3 @@ def build_dataloader(
         loader = DeviceBatches(loader, dataset.min_size, dataset.max_size, dataset.pixel_format, device)
     loader.loader_name = name
     return loader
-
-
-def build_batch_sampler(cfg: DataConfig, dataset: GroundingDataset, train: bool, rank: int, world_size: int,
-                        seed: int, distributed_order: bool, always: bool = False):
-    """The dataset indices of each batch: a batch sampler that resumes part-way (``set_start_batch``), or None
-    for plain per-pair batches (the ``DataLoader``'s own sampler then) unless ``always`` (the DALI loader).
-
-    Grouped captions (``data.captions_per_image > 1``, training) pack up to c pairs of an image per batch
-    (:class:`ImageGroupedBatchSampler`); otherwise pairs follow the distributed sampler's ``(seed, epoch)`` order.
-    ``data.aspect_grouping`` (training) then regroups them by orientation (:class:`AspectRatioGroupedBatchSampler`).
-    """
-    grouped = train and cfg.captions_per_image > 1
-    aspect = train and cfg.aspect_grouping
-    if not (grouped or aspect or always):
-        return None
-    if grouped:
-        # Captions of one image in one batch: the model runs its backbone once per distinct image.
-        inner = ImageGroupedBatchSampler(
-            [image_index for image_index, _ in dataset.pairs], cfg.batch_size, cfg.captions_per_image,
-            shuffle=True, seed=seed, drop_last=True, rank=rank, world_size=world_size,
-        )
-    else:
-        # Same (seed, epoch) permutation as DistributedSampler; a resumed run starts mid-epoch without loading
-        # the batches it already trained on.
-        sampler = ResumableDistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train
-        )
-        inner = BatchSampler(sampler, cfg.batch_size, drop_last=train)
-    if not aspect:
-        return ResumableBatchSampler(inner)
-    landscape = [is_landscape(dataset.images[i].height, dataset.images[i].width) for i, _ in dataset.pairs]
-    return AspectRatioGroupedBatchSampler(inner, landscape, cfg.batch_size, drop_last=train)

@@ -14,7 +14,7 @@ and after (stage 2 re-pools the refined boxes: 90% of the paper's schedule); the
 mean weighted by each phase's share of ``solver.max_iter`` (``schedule_phases`` holds each). The projections, from
 the loader phase (what training sees): ``schedule_hours`` = ``solver.max_iter`` weighted steps, and
 ``paper_schedule_hours`` = the paper's 3.2M pairs (80,000 steps x 40) at the weighted pairs/s.
-:func:`run_loader_benchmark` (``--loader-only``): one worker's images/s of each loader against the step's demand.
+:func:`relground.engine.loader_benchmark.run_loader_benchmark` (``--loader-only``): one worker's images/s of each loader against the step's demand.
 """
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ from torch import nn
 from relground.config import Config, apply_overrides
 from relground.data.synthetic.shapes import SyntheticShapes
 from relground.data.collate import pad_to_buckets
-from relground.data.loader_choice import dali_version
 from relground.engine.cuda_graph import CudaGraphStep
 from relground.engine.defaults import build_model, build_train_loader, check_cuda_graph
 from relground.engine.solver import build_lr_scheduler, build_optimizer
@@ -362,65 +361,3 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
-
-
-TARGET_PAIRS_PER_S = 1800  # the paper's schedule (80k x 40 pairs) in 30 minutes
-
-
-def run_loader_benchmark(cfg: Config, batches: int = 5, loaders: Optional[list[str]] = None) -> dict[str, Any]:
-    """Images per second one worker of each loader supplies at ``cfg``'s shapes, against what the step needs.
-
-    Each loader runs in this process (``data.num_workers=0``: one worker's work, the collate included) with one
-    intra-op thread (DALI: one CPU thread) and decodes ``batches`` training batches after one untimed batch.
-    The demand: ``TARGET_PAIRS_PER_S`` pairs/s need ``TARGET_PAIRS_PER_S x distinct images / pairs`` images/s
-    (grouped captions: fewer). ``workers_needed`` = demand / one worker's supply.
-
-    Returns:
-        dict with ``loaders`` (per loader: ``images_per_s_per_worker``, ``ms_per_image``, ``pairs_per_s_per_worker``
-        (wall clock), ``cpu_ms_per_image`` and ``images_per_cpu_s`` (this process's CPU time: one idle core),
-        ``workers_needed`` (from the wall clock), ``workers_needed_idle_cores`` (from the CPU time), ``pipeline``), ``demand_images_per_s``, ``target_pairs_per_s``, ``device``.
-    """
-    device = resolve_device(cfg.train.device)
-    names = loaders or ["pil", "torchvision"] + (["dali"] if dali_version() else [])
-    rows: dict[str, Any] = {}
-    images_per_pair = None
-    for name in names:
-        run_cfg = apply_overrides(cfg, [f"data.loader={name}", "data.num_workers=0"])
-        with intra_op_threads(1):
-            loader, _ = build_train_loader(run_cfg)
-            stream = _endless(loader)
-            next(stream)  # untimed: pipeline build, first decode
-            images = pairs = 0
-            start, cpu_start = time.perf_counter(), time.process_time()
-            for _ in range(batches):
-                batch = next(stream)
-                images += len({m.get("image_id") for m in batch.meta})
-                pairs += batch.batch_size
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - start
-            cpu_seconds = time.process_time() - cpu_start  # this process's CPU time, all its threads
-        images_per_pair = images / pairs
-        rows[name] = {
-            "images_per_s_per_worker": images / seconds,
-            "ms_per_image": 1000 * seconds / images,
-            "pairs_per_s_per_worker": pairs / seconds,
-            # On a shared machine the wall time includes waiting for a core; CPU time is one idle core's cost.
-            "cpu_ms_per_image": 1000 * cpu_seconds / images,
-            "images_per_cpu_s": images / cpu_seconds,
-            "pipeline": _pipeline(name, device),
-        }
-    demand = TARGET_PAIRS_PER_S * (images_per_pair or 1.0)
-    for row in rows.values():
-        row["workers_needed"] = demand / row["images_per_s_per_worker"]
-        row["workers_needed_idle_cores"] = demand / row["images_per_cpu_s"]
-    return {
-        "loaders": rows,
-        "target_pairs_per_s": TARGET_PAIRS_PER_S,
-        "distinct_images_per_pair": images_per_pair,
-        "demand_images_per_s": demand,
-        "captions_per_image": cfg.data.captions_per_image,
-        "aspect_grouping": cfg.data.aspect_grouping,
-        "batches": batches,
-        "device": _device_name(device),
-    }
