@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 DATASETS = ("flickr30k", "referit", "synthetic")
 PIXEL_FORMATS = ("caffe_bgr", "torchvision")
-LOADERS = ("pil", "dali", "torchvision")
+LOADERS = ("auto", "pil", "dali", "torchvision")
 IMAGE_BUCKET = 128  # pixels: the default of data.image_bucket
 
 
@@ -29,11 +29,18 @@ class DataConfig:
         batch_size (int): (image, sentence) pairs per batch and process. Default 10.
         captions_per_image (int): c; training batches group up to c captions of each image (about
             ``batch_size / c`` images a batch, the backbone run once per image; keep ``batch_size`` a multiple of
-            c). 1 = independent pairs, the authors' batches. PIL and torchvision loaders. Default 1.
+            c). 1 = independent pairs, the authors' batches. Every loader. Default 1.
         num_workers (int): DataLoader worker processes. Default 2.
         loader (str): ``pil`` (PIL + torchvision transforms v2 in the workers), ``dali`` (NVIDIA DALI; ``mixed``
-            decoding on a GPU) or ``torchvision`` (uint8 images or JPEG bytes handed over; nvJPEG decoding on a GPU,
-            libjpeg-turbo in the workers on CPU; resize and normalisation on the device). Default ``pil``.
+            decoding on a GPU), ``torchvision`` (JPEG bytes handed over and decoded by nvJPEG, resized and normalised
+            on the GPU; on CPU libjpeg-turbo, resize and normalisation in the workers) or ``auto`` (DALI when it is
+            installed and a GPU is present, else ``torchvision`` on a GPU, else ``pil``:
+            :func:`relground.data.loader_choice.choose_loader`; the choice is printed at start). Every loader
+            decodes each distinct image of a batch once. Default ``pil``.
+        aspect_grouping (bool): training batches hold images of one orientation (landscape, or portrait and square),
+            as detectron2's ``AspectRatioGroupedDataset``, so a batch pads to its own orientation (a 600x900 and a
+            900x600 image pad to 900x900 together): :class:`relground.data.aspect_grouping.AspectRatioGroupedBatchSampler`.
+            Default False.
         vocab_min_freq (int): keep words seen at least this often in the train split. Default 1.
         num_relation_classes (int): width of ``relation_labels`` (the paper: 88). Default 88.
         skip_invalid (bool): leave malformed annotation files out (reported) instead of failing. Default False.
@@ -66,6 +73,7 @@ class DataConfig:
     captions_per_image: int = 1
     num_workers: int = 2
     loader: str = "pil"
+    aspect_grouping: bool = False
     vocab_min_freq: int = 1
     num_relation_classes: int = 88
     skip_invalid: bool = False
@@ -85,8 +93,6 @@ class DataConfig:
                 raise ValueError(f"data.{name}: must be positive, got {getattr(self, name)}")
         if self.max_size < self.min_size:
             raise ValueError(f"data.max_size ({self.max_size}) must be >= data.min_size ({self.min_size})")
-        if self.captions_per_image > 1 and self.loader == "dali":
-            raise ValueError(f"data.captions_per_image > 1 needs data.loader 'pil' or 'torchvision', got {self.loader!r}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers: must be >= 0, got {self.num_workers}")
         if self.image_bucket < 0:

@@ -56,7 +56,9 @@ def collate_grounding(
         items (Sequence[GroundingItem]): B items.
         num_relation_classes (int): C_r, width of ``relation_labels``. Default 88.
         images (Tensor[B, 3, H, W], optional): already padded images (DALI); default: pad the items' images
-            with zeros to the largest height and width of the batch.
+            with zeros to the largest height and width of the batch. Raw images (uint8 decoded, or JPEG bytes:
+            the torchvision loader) are collated once per distinct image, ``[G, ...]`` in ``image_firsts`` order,
+            for :func:`relground.data.device_decode.finish_images`.
         shape_buckets (bool): pad further, to the bucketed shapes of :func:`pad_to_buckets` (``data.shape_buckets``).
             Default False.
         image_bucket (int): with ``shape_buckets``, image sides round up to a multiple of this (pixels); 0 = the
@@ -69,8 +71,9 @@ def collate_grounding(
     if not items:
         raise ValueError("collate_grounding: items is empty")
     b = len(items)
-    if images is None and items[0].image.dim() == 1:  # JPEG bytes (torchvision loader): [B, longest file]
-        images = torch.nn.utils.rnn.pad_sequence([it.image for it in items], batch_first=True)
+    codes = image_codes([it.meta.get("image_id") for it in items])
+    if images is None and items[0].image.dtype == torch.uint8:
+        images = _raw_images(items, codes["image_firsts"])
     if images is None:
         max_h = max(it.image.shape[1] for it in items)
         max_w = max(it.image.shape[2] for it in items)
@@ -123,9 +126,22 @@ def collate_grounding(
         relation_labels=torch.stack(relation_labels) if relation_labels else torch.zeros(0, num_relation_classes),
         gt_boxes=gt,
         meta=[it.meta for it in items],
-        **image_codes([it.meta.get("image_id") for it in items]),
+        **codes,
     )
     return pad_to_buckets(batch, image_bucket) if shape_buckets else batch
+
+
+def _raw_images(items: Sequence[GroundingItem], firsts: Optional[Tensor]) -> Tensor:
+    """The raw images of a batch (the torchvision loader's, finished on the device), one row per *distinct* image
+    (``image_firsts``; per item when the items carry no image id): uint8 ``[G, 3, H0, W0]`` zero-padded to the
+    largest original size, or JPEG bytes ``[G, longest file]``."""
+    rows = [items[i].image for i in firsts.tolist()] if firsts is not None else [it.image for it in items]
+    if rows[0].dim() == 1:  # JPEG bytes
+        return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+    out = rows[0].new_zeros(len(rows), 3, max(r.shape[1] for r in rows), max(r.shape[2] for r in rows))
+    for g, row in enumerate(rows):
+        out[g, :, : row.shape[1], : row.shape[2]] = row
+    return out
 
 
 class GroundingCollate:

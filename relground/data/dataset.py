@@ -7,6 +7,7 @@ for evaluation and never reach a loss.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -18,17 +19,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from relground.config.data import DataConfig
 from relground.data.catalog import load_split
+from relground.data.aspect_grouping import build_batch_sampler
 from relground.data.collate import GroundingCollate, GroundingItem, collate_grounding
 from relground.data.dali import (
     DaliGroundingLoader,  # imports nvidia.dali only when a DALI loader is built
 )
 from relground.data.device_decode import DeviceBatches, read_image
 from relground.data.flickr30k import SkipReport
+from relground.data.loader_choice import choose_loader
 from relground.data.proposals import ProposalStore, validate_proposals
-from relground.data.samplers import (
-    ImageGroupedBatchSampler,
-    ResumableDistributedSampler,
-)
+from relground.data.samplers import ResumableDistributedSampler
 from relground.data.transforms import resize_scale, resized_size, transform_image
 from relground.language.relations import attach_relations
 from relground.language.vocab import tokenize
@@ -40,11 +40,11 @@ logger = logging.getLogger(__name__)
 # A JPEG ends with the end-of-image marker FF D9; a file cut short does not (checked in this many tail bytes, so
 # a few bytes of padding after the marker still pass).
 JPEG_TAIL_BYTES = 4096
+# How a dataset hands its images over (GroundingDataset's raw_images): None = PIL, finished in the worker.
+RAW_IMAGES = (None, "decoded", "jpeg", "torchvision")
 
-__all__ = [
-    "GroundingDataset", "GroundingItem", "build_dataloader", "build_dataset", "collate_grounding", "load_annotations",
-    "usable_pairs",
-]
+__all__ = ["GroundingDataset", "GroundingItem", "build_batch_sampler", "build_dataloader", "build_dataset",
+           "collate_grounding", "load_annotations", "usable_pairs"]
 
 
 def usable_pairs(images: Sequence[ImageAnnotation]) -> list[tuple[int, int]]:
@@ -74,7 +74,9 @@ class GroundingDataset(Dataset):
         load_images (bool): decode images here (PIL path); ``False`` when DALI decodes them. Default True.
         raw_images (str, optional): with ``load_images``, hand over the image unresized for
             :func:`relground.data.device_decode.finish_images`: ``"decoded"`` (uint8 ``[3, H, W]``, decoded here by
-            ``torchvision.io``) or ``"jpeg"`` (the file's bytes, uint8 ``[N]``, for nvJPEG). Default None (PIL).
+            ``torchvision.io``) or ``"jpeg"`` (the file's bytes, uint8 ``[N]``, for nvJPEG); or ``"torchvision"``:
+            decoded by ``torchvision.io`` and finished here (the torchvision loader without a GPU). Default None
+            (PIL).
         image_dir (str, optional): folder holding ``<image_id>.jpg``; default: each record's ``image_path``.
         check_files (bool): check every image's proposals (:func:`relground.data.proposals.validate_proposals`,
             image size) and image file header (readable, complete JPEG, the annotated size) here, before any
@@ -105,8 +107,8 @@ class GroundingDataset(Dataset):
         skip_invalid: bool = False,
         raw_images: Optional[str] = None,
     ) -> None:
-        if raw_images not in (None, "decoded", "jpeg"):
-            raise ValueError(f"raw_images: {raw_images!r} is not None, 'decoded' or 'jpeg'")
+        if raw_images not in RAW_IMAGES:
+            raise ValueError(f"raw_images: {raw_images!r} is not one of {RAW_IMAGES}")
         self.raw_images = raw_images
         self.images = list(images)
         self.proposals = proposals
@@ -174,37 +176,59 @@ class GroundingDataset(Dataset):
         return Path(path)
 
     def __getitem__(self, index: int) -> GroundingItem:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[GroundingItem]:
+        """The items of ``indices`` (a batch: ``DataLoader`` calls this), each distinct image decoded once.
+
+        Items of one image share one image tensor (the same object). With ``load_images=False`` the images are
+        left to another pipeline (DALI): ``image`` is None.
+        """
+        items = [self.item_without_image(index) for index in indices]
+        if not self.load_images:
+            return items
+        decoded: dict[str, Tensor] = {}
+        for item in items:
+            image_id = item.meta["image_id"]
+            if image_id not in decoded:
+                decoded[image_id] = self.decode_image(self.record_of(image_id), item.image_size)
+            item.image = decoded[image_id]
+            if self.raw_images == "jpeg":
+                item.meta["jpeg_bytes"] = item.image.numel()
+        return items
+
+    def record_of(self, image_id: str) -> ImageAnnotation:
+        if getattr(self, "_record_of", None) is None:
+            self._record_of = {record.image_id: record for record in self.images}
+        return self._record_of[image_id]
+
+    def item_without_image(self, index: int) -> GroundingItem:
+        """Every field of pair ``index`` but the image; size and scale from the annotated size (checked against
+        the file by ``check_files``, and against the decoded image by :meth:`decode_image`)."""
         image_index, sentence_position = self.pairs[index]
         record = self.images[image_index]
-        sentence = record.sentences[sentence_position]
-        if self.load_images and self.raw_images is not None:
-            # Decoded (or not) here, resized and normalised by finish_images on the device; the scale depends only
-            # on the annotated size (checked against the file's by _check_files), as in the DALI path.
-            path = self.image_path(record)
-            try:
-                pixels = read_image(path, decode=self.raw_images == "decoded")
-            except RuntimeError as e:  # torchvision.io: corrupt JPEG
-                raise ValueError(f"{path}: image id {record.image_id!r}: cannot decode the image ({e})") from None
-            scale = resize_scale(record.height, record.width, self.min_size, self.max_size)
-            image_size = resized_size(record.height, record.width, scale)
-            item = self.build_item(record, sentence, pixels, image_size, scale)
-            if self.raw_images == "jpeg":
-                item.meta["jpeg_bytes"] = pixels.numel()
-            return item
-        if self.load_images:
-            path = self.image_path(record)
-            try:
+        scale = resize_scale(record.height, record.width, self.min_size, self.max_size)
+        image_size = resized_size(record.height, record.width, scale)
+        return self.build_item(record, record.sentences[sentence_position], None, image_size, scale)
+
+    def decode_image(self, record: ImageAnnotation, image_size: tuple[int, int]) -> Tensor:
+        """``record``'s image as this dataset hands it over: float32 ``[3, h, w]`` normalised (PIL, or
+        ``raw_images="torchvision"``), uint8 ``[3, H, W]`` (``"decoded"``) or the file's bytes (``"jpeg"``)."""
+        path = self.image_path(record)
+        try:
+            if self.raw_images is None:
                 with Image.open(path) as pil:
-                    pixels, scale = transform_image(pil.convert("RGB"), self.min_size, self.max_size, self.pixel_format)
-            except (OSError, SyntaxError) as e:  # PIL: truncated or undecodable file, not caught by a header check
-                raise ValueError(f"{path}: image id {record.image_id!r}: cannot decode the image ({e})") from None
-            image_size = tuple(pixels.shape[-2:])
-        else:
-            # DALI decodes the image; the scale depends only on the annotated size, so both paths agree.
-            pixels = None
-            scale = resize_scale(record.height, record.width, self.min_size, self.max_size)
-            image_size = resized_size(record.height, record.width, scale)
-        return self.build_item(record, sentence, pixels, image_size, scale)
+                    pixels, _ = transform_image(pil.convert("RGB"), self.min_size, self.max_size, self.pixel_format)
+            else:
+                pixels = read_image(path, decode=self.raw_images != "jpeg")
+                if self.raw_images == "torchvision":  # finished here, in the worker (no GPU to finish it)
+                    pixels, _ = transform_image(pixels, self.min_size, self.max_size, self.pixel_format)
+        except (OSError, SyntaxError, RuntimeError) as e:  # PIL / torchvision.io: truncated or undecodable file
+            raise ValueError(f"{path}: image id {record.image_id!r}: cannot decode the image ({e})") from None
+        if pixels.dim() == 3 and pixels.is_floating_point() and tuple(pixels.shape[-2:]) != tuple(image_size):
+            raise ValueError(f"{path}: image id {record.image_id!r}: the image resizes to {tuple(pixels.shape[-2:])} "
+                             f"pixels, not {tuple(image_size)} (its annotated size {record.width}x{record.height})")
+        return pixels
 
     def build_item(
         self, record: ImageAnnotation, sentence: SentenceAnnotation, pixels: Optional[Tensor], image_size, scale: float
@@ -292,6 +316,8 @@ def load_annotations(cfg: DataConfig, split: str) -> list[ImageAnnotation]:
 def build_dataset(cfg: DataConfig, split: str, caption_vocab, phrase_vocab, category_prior, images=None) -> GroundingDataset:
     """A :class:`GroundingDataset` for ``split`` configured by ``cfg``."""
     images = load_annotations(cfg, split) if images is None else images
+    cuda = torch.cuda.is_available()
+    loader, _ = choose_loader(cfg.loader, cuda=cuda)
     return GroundingDataset(
         images,
         ProposalStore(cfg.proposals_path(split)),
@@ -303,9 +329,9 @@ def build_dataset(cfg: DataConfig, split: str, caption_vocab, phrase_vocab, cate
         max_size=cfg.max_size,
         pixel_format=cfg.pixel_format,
         num_relation_classes=cfg.num_relation_classes,
-        load_images=cfg.loader != "dali",
-        # torchvision: the workers decode on CPU only when there is no GPU to decode (nvJPEG) instead.
-        raw_images=("jpeg" if torch.cuda.is_available() else "decoded") if cfg.loader == "torchvision" else None,
+        load_images=loader != "dali",
+        # torchvision: JPEG bytes for nvJPEG on a GPU; without one, decoded and finished in the workers.
+        raw_images=("jpeg" if cuda else "torchvision") if loader == "torchvision" else None,
         image_dir=cfg.images or None,
         check_files=True,
         skip_invalid=cfg.skip_invalid,
@@ -325,73 +351,49 @@ def build_dataloader(
     """Batches of ``dataset`` for one process of ``world_size``.
 
     Args:
-        cfg (DataConfig): batch size, workers, loader.
+        cfg (DataConfig): batch size, workers, loader (``auto``: :func:`relground.data.loader_choice.choose_loader`).
         dataset (GroundingDataset): from :func:`build_dataset`.
         train (bool): shuffle (and drop the last incomplete batch). Default True.
         rank (int), world_size (int): this process's shard; a :class:`ResumableDistributedSampler` when
             ``world_size > 1``.
         seed (int): shuffling seed (call ``loader.sampler.set_epoch(e)`` per epoch when distributed).
         device_id (int, optional): GPU for DALI's ``mixed`` decoder and the ``torchvision`` loader's nvJPEG decode,
-            resize and side-stream prefetch (also the PIL loader's prefetch); ``None`` = CPU.
+            resize and prefetch thread (also the PIL loader's prefetch); ``None`` = CPU.
         distributed_order (bool): the distributed sampler's ``(seed, epoch)`` order even for ``world_size`` 1 (the
             same global batches at any world size).
 
     Returns:
-        Iterable[GroundingBatch]: a ``DataLoader`` (PIL on CPU), a :class:`relground.data.dali.DaliGroundingLoader`,
-        or a :class:`relground.data.device_decode.DeviceBatches` over a ``DataLoader`` (``torchvision``, or PIL
-        with a GPU: batches finished on ``device_id``, the next prepared on a side stream).
+        Iterable[GroundingBatch]: a ``DataLoader``, a :class:`relground.data.dali.DaliGroundingLoader`, or a
+        :class:`relground.data.device_decode.DeviceBatches` over a ``DataLoader`` (finished on ``device_id`` by a
+        thread, one batch ahead); ``loader_name`` says which loader runs.
     """
-    loader = _torch_dataloader(cfg, dataset, train, rank, world_size, seed, device_id, distributed_order)
-    if cfg.loader == "dali":
-        return loader
-    device = torch.device("cpu") if device_id is None else torch.device("cuda", device_id)
-    if cfg.loader == "torchvision" or device.type == "cuda":
-        return DeviceBatches(loader, dataset.min_size, dataset.max_size, dataset.pixel_format, device)
-    return loader
-
-
-def _torch_dataloader(cfg: DataConfig, dataset: GroundingDataset, train: bool, rank: int, world_size: int, seed: int,
-                      device_id: Optional[int], distributed_order: bool):
-    """The ``DataLoader`` (or DALI loader) of :func:`build_dataloader`, images as the dataset hands them over."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank: {rank} must be in [0, world_size={world_size})")
-    if cfg.loader == "dali":
-        return DaliGroundingLoader(
-            dataset, cfg.batch_size, shuffle=train, rank=rank, world_size=world_size, seed=seed,
-            num_threads=max(1, cfg.num_workers), device_id=device_id, shape_buckets=cfg.shape_buckets and train,
-            image_bucket=cfg.image_bucket,
+    name, reason = choose_loader(cfg.loader, cuda=torch.cuda.is_available())  # as build_dataset chose
+    if train and cfg.loader == "auto":
+        print(f"relground: data loader {name} ({reason})", file=sys.stderr, flush=True)
+    collate = GroundingCollate(cfg.num_relation_classes, cfg.shape_buckets and train, cfg.image_bucket)
+    batch_sampler = build_batch_sampler(cfg, dataset, train, rank, world_size, seed, distributed_order,
+                                        always=name == "dali")
+    if name == "dali":
+        loader = DaliGroundingLoader(
+            dataset, cfg.batch_size, batch_sampler, num_threads=max(1, cfg.num_workers), device_id=device_id,
+            seed=seed, shape_buckets=cfg.shape_buckets and train, image_bucket=cfg.image_bucket,
         )
-    if train and cfg.captions_per_image > 1:
-        # Captions of one image in one batch: the model runs its backbone once per distinct image.
-        batch_sampler = ImageGroupedBatchSampler(
-            [image_index for image_index, _ in dataset.pairs], cfg.batch_size, cfg.captions_per_image,
-            shuffle=True, seed=seed, drop_last=True, rank=rank, world_size=world_size,
+    elif batch_sampler is not None:
+        loader = DataLoader(dataset, batch_sampler=batch_sampler, num_workers=cfg.num_workers, collate_fn=collate,
+                            pin_memory=torch.cuda.is_available(), persistent_workers=cfg.num_workers > 0)
+    else:  # per pair: a RandomSampler's order (DataStream restores its generator), or the distributed (seed, epoch)
+        # permutation, which a resumed run starts mid-epoch without loading the batches it already trained on
+        sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
+                                              drop_last=train) if world_size > 1 or distributed_order else None
+        loader = DataLoader(
+            dataset, batch_size=cfg.batch_size, shuffle=train and sampler is None, sampler=sampler,
+            num_workers=cfg.num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
+            persistent_workers=cfg.num_workers > 0, drop_last=train, generator=torch.Generator().manual_seed(seed),
         )
-        return DataLoader(
-            dataset,
-            batch_sampler=batch_sampler,
-            num_workers=cfg.num_workers,
-            collate_fn=GroundingCollate(cfg.num_relation_classes, cfg.shape_buckets and train, cfg.image_bucket),
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=cfg.num_workers > 0,
-        )
-    sampler = None
-    if world_size > 1 or distributed_order:
-        # Same (seed, epoch) permutation as DistributedSampler; a resumed run starts mid-epoch without loading
-        # the batches it already trained on.
-        sampler = ResumableDistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train
-        )
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        shuffle=train and sampler is None,
-        sampler=sampler,
-        num_workers=cfg.num_workers,
-        collate_fn=GroundingCollate(cfg.num_relation_classes, cfg.shape_buckets and train, cfg.image_bucket),
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=cfg.num_workers > 0,
-        drop_last=train,
-        generator=generator,
-    )
+    device = torch.device("cpu") if device_id is None else torch.device("cuda", device_id)
+    if name != "dali" and (device.type == "cuda" or dataset.raw_images in ("decoded", "jpeg")):
+        loader = DeviceBatches(loader, dataset.min_size, dataset.max_size, dataset.pixel_format, device)
+    loader.loader_name = name
+    return loader

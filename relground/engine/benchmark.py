@@ -9,8 +9,12 @@ none). ``--synthetic-shapes`` writes a dataset in the Flickr30K layout at chosen
     result = run_benchmark(cfg, steps=10, warmup=2)      # cfg: relground.config.Config
     result["pairs_per_s"], result["paper_schedule_hours"]
 
-The projection: ``PAPER_ITERATIONS x PAPER_PAIRS_PER_STEP / pairs_per_s`` (the authors' 80,000 steps of 40 pairs),
-from the loader phase (what training sees).
+Both phases of the schedule are timed: before ``model.refine_start_iteration`` (7.5k: stage 2 on the coarse top-K)
+and after (stage 2 re-pools the refined boxes: 90% of the paper's schedule); the top-level numbers are their
+mean weighted by each phase's share of ``solver.max_iter`` (``schedule_phases`` holds each). The projections, from
+the loader phase (what training sees): ``schedule_hours`` = ``solver.max_iter`` weighted steps, and
+``paper_schedule_hours`` = the paper's 3.2M pairs (80,000 steps x 40) at the weighted pairs/s.
+:func:`relground.engine.loader_benchmark.run_loader_benchmark` (``--loader-only``): one worker's images/s of each loader against the step's demand.
 """
 from __future__ import annotations
 
@@ -39,21 +43,21 @@ PAPER_ITERATIONS = 80_000
 PAPER_PAIRS_PER_STEP = 40
 PHASES = ("data", "backbone", "heads", "losses", "backward", "optimizer")
 def synthetic_shapes_config(cfg: Config, root: str | Path, shapes: SyntheticShapes) -> Config:
-    """``cfg`` reading the dataset :func:`write_synthetic_shapes` wrote to ``root`` (images kept at their size)."""
-    short, long = min(shapes.height, shapes.width), max(shapes.height, shapes.width)
-    return apply_overrides(
-        cfg,
-        [
-            "data.dataset=flickr30k",
-            f"data.root={root}",
-            "data.proposals={root}/proposals.h5",
-            "data.relations={root}/relations_{split}.json" if cfg.model.loss.relation else "data.relations=",
-            "data.images=",
-            f"data.max_proposals={shapes.proposals}",
-            f"data.min_size={short}",
-            f"data.max_size={long}",
-        ],
-    )
+    """``cfg`` reading the dataset :func:`write_synthetic_shapes` wrote to ``root`` (images of one given size kept at
+    their size; Flickr30K's mix resized as the config says)."""
+    overrides = [
+        "data.dataset=flickr30k",
+        f"data.root={root}",
+        "data.proposals={root}/proposals.h5",
+        "data.relations={root}/relations_{split}.json" if cfg.model.loss.relation else "data.relations=",
+        "data.images=",
+    ]
+    if shapes.proposals:
+        overrides.append(f"data.max_proposals={shapes.proposals}")
+    if shapes.height and shapes.width:  # one given size: kept as it is; the Flickr30K mix: the config's resize
+        short, long = min(shapes.height, shapes.width), max(shapes.height, shapes.width)
+        overrides += [f"data.min_size={short}", f"data.max_size={long}"]
+    return apply_overrides(cfg, overrides)
 
 
 class _StepTimer:
@@ -199,6 +203,7 @@ def run_benchmark(
         timer = _StepTimer(device)
         images_seen: list[int] = []
         pairs_seen: list[int] = []
+        distinct_seen: list[int] = []
         forward = model
         if compile:
             model.compile_step()
@@ -215,6 +220,7 @@ def run_benchmark(
 
         def step(batch) -> None:
             pairs_seen.append(batch.batch_size)
+            distinct_seen.append(len({m.get("image_id") for m in batch.meta}))
             if graphed is not None:  # forward, losses, backward and optimizer step in one replay
                 values, _ = graphed(batch, iteration[0])
                 values.tolist()  # one host read of the losses a step, as the trainer's guard
@@ -246,18 +252,38 @@ def run_benchmark(
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         whole = compile or graphed is not None  # the step is not split into timed phases
-        result = _time_steps(step, next_loader_batch, steps, warmup, timer, images_seen, pairs_seen)
-        _split_heads(result, whole)
-        on_device = None
-        if device_batch:
-            fixed = next_loader_batch()
-            on_device = _time_steps(step, lambda: fixed, steps, warmup, timer, images_seen, pairs_seen)
-            _split_heads(on_device, whole)
-            if whole:
-                on_device["backbone_images_per_step"] = None
+        # Both phases of the schedule: stage 2 re-pools the refined boxes from model.refine_start_iteration on.
+        start = min(cfg.model.refine_start_iteration, cfg.solver.max_iter)
+        weights = {"before_refine": start / cfg.solver.max_iter, "after_refine": 1 - start / cfg.solver.max_iter}
+        schedule_phases, on_device_phases = {}, {}
+        for phase, first_iteration in (("before_refine", 0), ("after_refine", cfg.model.refine_start_iteration)):
+            iteration[0] = first_iteration
+            distinct_seen.clear()
+            row = _time_steps(step, next_loader_batch, steps, warmup, timer, images_seen, pairs_seen)
+            _split_heads(row, whole)
+            row.update(iterations=round(weights[phase] * cfg.solver.max_iter), first_iteration=first_iteration,
+                       distinct_images_per_batch=sum(distinct_seen[-steps:]) / steps)
+            schedule_phases[phase] = row
+            if device_batch:
+                fixed = next_loader_batch()
+                on_device_phases[phase] = _time_steps(step, lambda: fixed, steps, warmup, timer, images_seen,
+                                                      pairs_seen)
+                _split_heads(on_device_phases[phase], whole)
+        result = _weighted(schedule_phases, weights)
+        on_device = _weighted(on_device_phases, weights) if device_batch else None
         if whole:
             result["backbone_images_per_step"] = None
+            if on_device is not None:
+                on_device["backbone_images_per_step"] = None
         result.update(
+            schedule_phases=schedule_phases,
+            distinct_images_per_batch=schedule_phases["after_refine"]["distinct_images_per_batch"],
+            images_per_batch=result["pairs_per_step"] / cfg.data.captions_per_image,
+            loader=getattr(loader, "loader_name", cfg.data.loader),
+            pipeline=_pipeline(getattr(loader, "loader_name", cfg.data.loader), device),
+            aspect_grouping=cfg.data.aspect_grouping,
+            schedule_hours=cfg.solver.max_iter * result["step_ms"] / 3.6e6,
+            max_iter=cfg.solver.max_iter,
             paper_schedule_hours=PAPER_ITERATIONS * PAPER_PAIRS_PER_STEP / result["pairs_per_s"] / 3600,
             peak_memory_mb=_peak_memory_mb(device),
             device=_device_name(device),
@@ -280,6 +306,34 @@ def run_benchmark(
             device_batch=on_device,
         )
         return result
+
+
+def _weighted(rows: dict[str, dict[str, Any]], weights: dict[str, float]) -> dict[str, Any]:
+    """The schedule's mean step: each timed quantity (ms, pairs, images) weighted by its phase's share of the
+    iterations; ``pairs_per_s`` = pairs per step / weighted step time (time per pair is what the schedule adds)."""
+    out: dict[str, Any] = {}
+    first = next(iter(rows.values()))
+    for key, value in first.items():
+        if key in ("iterations", "first_iteration", "pairs_per_s"):
+            continue
+        values = [rows[name][key] for name in rows]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and None not in values:
+            out[key] = sum(weights[name] * rows[name][key] for name in rows)
+        else:
+            out[key] = value if len(set(map(str, values))) == 1 else None
+    out["pairs_per_s"] = out["pairs_per_step"] / (out["step_ms"] / 1000)
+    return out
+
+
+def _pipeline(loader: str, device: torch.device) -> str:
+    """What the chosen loader runs, in words (the JSON's ``pipeline``)."""
+    gpu = device.type == "cuda"
+    return {
+        "dali": "DALI: nvJPEG (mixed) decode + GPU resize/normalise" if gpu else "DALI CPU operators: decode + resize",
+        "torchvision": ("torchvision.io: JPEG bytes, nvJPEG decode + GPU resize in a prefetch thread" if gpu
+                        else "torchvision.io decode + resize in the workers"),
+        "pil": "PIL decode + torchvision resize in the workers" + (", side-stream copy" if gpu else ""),
+    }.get(loader, loader) + " (each distinct image once)"
 
 
 def _split_heads(result: dict[str, Any], compiled: bool) -> None:

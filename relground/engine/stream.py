@@ -13,9 +13,11 @@ class DataStream:
     Each pass over the loader is an epoch; before it the sampler's ``set_epoch(epoch)`` is called (when the
     sampler has one), so a ``DistributedSampler`` shuffles by ``(seed, epoch)`` only. A loader with its own
     ``generator`` (a ``RandomSampler``) has that generator's state at the epoch start saved and restored.
-    On resume, the batches already consumed in the epoch are skipped through ``sampler.set_start_index``
-    (see :class:`~relground.data.samplers.ResumableDistributedSampler`) without loading them; with any
-    other sampler they are loaded and dropped. Iterators are created inside ``torch.random.fork_rng`` so
+    On resume, the batches already consumed in the epoch are skipped without loading them, through the batch
+    sampler's ``set_start_batch`` (:class:`~relground.data.aspect_grouping.ResumableBatchSampler`: grouped
+    captions, aspect-ratio groups, the DALI loader) or ``sampler.set_start_index``
+    (:class:`~relground.data.samplers.ResumableDistributedSampler`); with any other sampler they are loaded and
+    dropped. Iterators are created inside ``torch.random.fork_rng`` so
     the loader's seed draws do not shift the global RNG stream the model uses.
 
     Args:
@@ -66,7 +68,11 @@ class DataStream:
             self._epoch_generator_state = generator.get_state()
         skip = self.batch_in_epoch
         batch_size = getattr(self.loader, "batch_size", None)
-        if skip and batch_size and hasattr(sampler, "set_start_index"):
+        batch_sampler = getattr(self.loader, "batch_sampler", None)
+        if skip and hasattr(batch_sampler, "set_start_batch"):  # skips batch plans (relground.data.aspect_grouping)
+            batch_sampler.set_start_batch(skip)
+            skip = 0
+        elif skip and batch_size and hasattr(sampler, "set_start_index"):
             sampler.set_start_index(skip * batch_size)
             skip = 0
         with torch.random.fork_rng(devices=[]):

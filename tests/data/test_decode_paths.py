@@ -113,9 +113,10 @@ def test_raw_batches_are_uint8_and_unresized(parts):
                                                 max(m["original_size"][1] for m in raw.meta)])
     jpeg = next(iter(torchvision_loader(dataset(parts, "caffe_bgr", raw_images="jpeg")).loader))
     assert jpeg.images.dtype == torch.uint8 and jpeg.images.dim() == 2
-    for k, meta in enumerate(jpeg.meta):
-        assert bytes(jpeg.images[k, :2].tolist()) == b"\xff\xd8"  # SOI marker: the file itself
-        assert meta["jpeg_bytes"] <= jpeg.images.shape[1]
+    assert jpeg.images.shape[0] == len(jpeg.image_firsts) < len(jpeg.meta)  # one row per distinct image
+    for g, k in enumerate(jpeg.image_firsts.tolist()):
+        assert bytes(jpeg.images[g, :2].tolist()) == b"\xff\xd8"  # SOI marker: the file itself
+        assert jpeg.meta[k]["jpeg_bytes"] <= jpeg.images.shape[1]
     # Finishing a float (PIL) batch changes nothing.
     pil = next(iter(build_dataloader(DataConfig(batch_size=BATCH, num_workers=0, min_size=MIN_SIZE, max_size=MAX_SIZE),
                                      dataset(parts, "caffe_bgr"), train=False)))

@@ -47,6 +47,30 @@ def test_grouped_benchmark_reports_consistent_fields_and_pairs_over_c_backbone_i
     assert result["device_batch"]["data_ms"] < result["step_ms"]
 
 
+def test_both_schedule_phases_timed_and_weighted(capsys):
+    """Before and after refine_start_iteration (synthetic.yaml: 200 of 800), weighted 1/4 : 3/4; the loader named;
+    a grouped batch of 10 pairs holds exactly its 2 distinct images."""
+    result = _run(capsys, "--set", "data.captions_per_image=5", "--no-device-batch")
+    phases = result["schedule_phases"]
+    assert phases["before_refine"]["first_iteration"] == 0 and phases["after_refine"]["first_iteration"] == 200
+    assert phases["before_refine"]["iterations"] == 200 and phases["after_refine"]["iterations"] == 600
+    expected = 0.25 * phases["before_refine"]["step_ms"] + 0.75 * phases["after_refine"]["step_ms"]
+    assert result["step_ms"] == pytest.approx(expected)
+    assert result["schedule_hours"] == pytest.approx(800 * expected / 3.6e6)
+    assert all(row["distinct_images_per_batch"] == 2 for row in phases.values()) and result["images_per_batch"] == 2
+    assert result["loader"] == "pil" and "PIL" in result["pipeline"]
+
+
+def test_loader_only_reports_each_loader_against_the_demand(capsys):
+    result = _run(capsys, "--set", "data.captions_per_image=5", "--loader-only", "--loader-batches", "2")
+    assert {"pil", "torchvision"} <= set(result["loaders"])
+    assert result["distinct_images_per_pair"] == pytest.approx(0.2)  # 2 images for 10 pairs
+    assert result["demand_images_per_s"] == pytest.approx(1800 * 0.2)
+    for row in result["loaders"].values():
+        assert row["images_per_s_per_worker"] > 0
+        assert row["workers_needed"] == pytest.approx(360 / row["images_per_s_per_worker"])
+
+
 def test_per_pair_backbone_runs_every_pair(capsys):
     result = _run(capsys, "--set", "data.captions_per_image=5", "--per-pair-backbone", "--no-device-batch")
     assert result["backbone_images_per_step"] == 10
@@ -83,3 +107,21 @@ def test_cuda_bf16_training_step_of_the_full_model_and_the_evaluator(tmp_path):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         metrics = evaluate_model(model, loader)
     assert metrics["count"] > 0 and 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_synthetic_shapes_default_to_flickr30k_statistics(tmp_path):
+    """Sizes from Flickr30K's mix (both orientations), 50-100 proposals, five captions, one file per image id."""
+    from relground.data.synthetic.shapes import FLICKR30K_SIZES
+
+    write_synthetic_shapes(tmp_path, SyntheticShapes(images=60))
+    images = load_flickr30k(tmp_path, "train")
+    sizes = {(im.width, im.height) for im in images}
+    assert sizes <= {size for size, _ in FLICKR30K_SIZES}
+    assert any(w > h for w, h in sizes) and any(w < h for w, h in sizes)
+    assert all(len(im.sentences) == 5 for im in images)
+    store = ProposalStore(tmp_path / "proposals.h5")
+    counts = [len(store[im.image_id]) for im in images]
+    store.close()
+    assert min(counts) >= 50 and max(counts) <= 100 and len(set(counts)) > 1
+    files = [tmp_path / "Images" / f"{im.image_id}.jpg" for im in images]
+    assert all(f.is_file() for f in files) and len({f.stat().st_ino for f in files}) < len(files)  # hard links
