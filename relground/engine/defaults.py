@@ -241,7 +241,7 @@ RESUMABLE_KEYS = (
     "model.backbone_weights",  # the checkpoint holds every backbone tensor: the file may move
     "data.loader", "data.val_split", "data.test_split", "solver.max_iter", "train.device", "train.threads",
     "train.checkpoint_period", "train.keep_checkpoints", "train.log_period", "train.progress_bar",
-    "train.tensorboard", "train.max_loss",
+    "train.tensorboard", "train.max_loss", "train.eval_period",
 )
 
 
