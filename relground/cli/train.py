@@ -22,6 +22,7 @@ import sys
 
 from relground.config import load_config
 from relground.engine.defaults import train
+from relground.engine.weights import check_backbone_weights
 
 
 def register(subparsers) -> None:
@@ -40,6 +41,10 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     if args.num_gpus != 1:
+        # a bad config or weight file is said once, here, not by every process
+        cfg = load_config(args.config, list(args.overrides) + ([f"output_dir={args.output}"] if args.output else []))
+        if not args.resume:
+            check_backbone_weights(cfg)
         return launch(args.num_gpus, _train_argv(args))
     return train_here(args)
 
@@ -52,6 +57,7 @@ def launch(num_processes: int, argv: list[str]) -> int:
         ValueError: a bad ``--num-gpus`` (named), or already inside a launched group.
     """
     import torch
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -68,6 +74,9 @@ def launch(num_processes: int, argv: list[str]) -> int:
     )
     try:
         results = elastic_launch(config, worker)(argv)
+    except SignalException as exc:  # SIGTERM/SIGINT reached the launcher: the workers got it too and checkpointed
+        print(f"relground train: stopped by {exc.sigval.name}; --resume continues", file=sys.stderr)
+        return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         failures = "; ".join(f"rank {rank}: exit {f.exitcode}" for rank, f in sorted(exc.failures.items()))
         print(f"relground train: error: a process failed ({failures}); its message is above", file=sys.stderr)

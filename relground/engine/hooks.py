@@ -176,7 +176,7 @@ class MetricsWriter(HookBase):
         """``iter 20/100  total_loss 1.2345  loss/rec_s2 ...  lr 1.00e-03  pairs/s 12.3  eta 0:01:23  max_mem 1.2G``:
         on stderr where no bar shows (a batch job), always in log.txt."""
         trainer = self.trainer
-        losses = "  ".join(f"{k} {row[k]:.4f}" for k in row if k == "total_loss" or k.startswith("loss/"))
+        losses = "  ".join(f"{k} {row[k]:.4f}" for k in ["total_loss", *(k for k in row if k.startswith("loss/"))])
         eta = datetime.timedelta(seconds=round(row["time_per_iter"] * (trainer.max_iter - row["iteration"])))
         line = (
             f"iter {row['iteration']}/{trainer.max_iter}  {losses}  lr {row['lr']:.2e}  "

@@ -76,6 +76,10 @@ def test_num_gpus_errors(tmp_path, capsys):
 
     assert main(["train", "--config", "synthetic.yaml", "--output", str(tmp_path / "r"), "--num-gpus", "0"]) == 2
     assert "--num-gpus: must be >= 1, got 0" in capsys.readouterr().err
+    # a refused config is said once, by the launcher, before any process starts
+    assert main(["train", "--config", "flickr30k_reir.yaml", "--output", str(tmp_path / "f"), "--num-gpus", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("model.backbone_weights is not set") == 1 and not (tmp_path / "f").exists()
     if not torch.cuda.is_available():
         return
     count = torch.cuda.device_count()
