@@ -405,8 +405,6 @@ def train(cfg: Config, *, resume: bool = False, hooks: Sequence[HookBase] = ()) 
         try:
             check_ranks_resume_alike(resume_path, resume_state)
             logger = setup_logger(output_dir, du.get_rank())  # stderr + <output_dir>/log.txt, rank 0
-            logger.info(f"train: {cfg.name}, {cfg.solver.max_iter} iterations on {du.get_world_size()} process(es), "
-                        f"device {device}, run folder {output_dir}" + (f", resuming {resume_path}" if resume_path else ""))
             seed_all(cfg.seed)  # identical initial weights on every rank
             train_loader, model_args = build_train_loader(cfg)
             model = build_model(cfg if resume_state is None else without_weight_file(cfg), model_args)
@@ -430,6 +428,8 @@ def train(cfg: Config, *, resume: bool = False, hooks: Sequence[HookBase] = ()) 
             if du.is_main_process():  # only now: the resume (if any) worked
                 output_dir.mkdir(parents=True, exist_ok=True)
                 save_config(cfg, config_path)
+            logger.info(f"train: {cfg.name}, {cfg.solver.max_iter} iterations on {du.get_world_size()} process(es), "
+                        f"device {device}, run folder {output_dir}" + (f", resuming {resume_path}" if resume_path else ""))
             result = trainer.train()
             result["config"] = str(config_path)
             logger.info(f"train: {result['status']} at iteration {result['iteration']}, checkpoint {result['checkpoint']}")

@@ -50,8 +50,8 @@ def setup_logger(output_dir: Optional[str | Path] = None, rank: int = 0) -> logg
         stream.addFilter(lambda record: not getattr(record, "file_only", False))
         logger.addHandler(stream)
     if output_dir is not None:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(Path(output_dir) / LOG_FILE, encoding="utf-8")
+        # delay: the file appears with the first line (a run refused before it starts leaves its folder as it was)
+        file_handler = logging.FileHandler(Path(output_dir) / LOG_FILE, encoding="utf-8", delay=True)
         file_handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
         logger.addHandler(file_handler)
     return logger
