@@ -51,12 +51,12 @@ from relground.engine.eval_hook import EvalHook
 from relground.engine.hooks import HookBase
 from relground.engine.solver import per_process_batch_size
 from relground.engine.trainer import Trainer
-from relground.language.glove import WordVectors, category_prior
-from relground.language.relations import load_categories
-from relground.language.vocab import PHRASE_SPECIALS, Vocabulary, tokenize
 from relground.engine.weights import check_backbone_weights, without_weight_file
 from relground.evaluation.evaluator import load_twins
 from relground.evaluation.inference import evaluate_model
+from relground.language.glove import WordVectors, category_prior
+from relground.language.relations import load_categories
+from relground.language.vocab import PHRASE_SPECIALS, Vocabulary, tokenize
 from relground.model.reir import ReIR
 from relground.structures.records import ImageAnnotation
 from relground.utils.env import intra_op_threads, resolve_amp_dtype, resolve_device, seed_all

@@ -25,7 +25,8 @@ import torch
 from relground.config import Config, load_config
 from relground.data.dataset import load_annotations
 from relground.engine.checkpoint import Checkpointer, load_checkpoint
-from relground.engine.defaults import build_loader, build_model, load_model_weights, model_from_checkpoint, without_weight_file
+from relground.engine.defaults import build_loader, build_model, load_model_weights, model_from_checkpoint
+from relground.engine.weights import without_weight_file
 from relground.evaluation.evaluator import load_twins
 from relground.evaluation.inference import evaluate_model
 from relground.structures.records import ImageAnnotation
