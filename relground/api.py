@@ -102,14 +102,16 @@ class Grounder:
 
     @classmethod
     def from_checkpoint(
-        cls, path: Union[str, Path], *, device: Union[str, torch.device] = "cpu", overrides: Sequence[str] = ()
+        cls, path: Union[str, Path], *, device: Union[str, torch.device] = "auto", overrides: Sequence[str] = ()
     ) -> "Grounder":
         """Rebuild a trained ReIR from a run folder or a checkpoint file written by ``relground train`` / ``demo``.
 
         Args:
             path: a run folder (e.g. ``outputs/demo/full``: its ``checkpoints/model_final.pth``, else its newest
                 periodic checkpoint) or a checkpoint file (``.../checkpoints/model_final.pth``).
-            device: where the model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+            device: where the model runs: ``"auto"`` (default: CUDA when available, else the CPU), ``"cpu"``,
+                ``"cuda"``, ``"cuda:1"``. bf16 autocast on a GPU. The backbone weight file of the training run is
+                not needed (the checkpoint holds every tensor).
             overrides: ``key=value`` config overrides (e.g. ``"data.root=/elsewhere"``).
 
         Raises:
@@ -195,11 +197,13 @@ class Grounder:
         cache = self.model.backbone.cache
         if cache is not None:  # the per-image feature cache is keyed by id; a query image has no stable id
             cache.clear()
-        out = self.model(batch, None)
+        amp = self.trained.amp_dtype  # bf16 on a GPU
+        with torch.autocast(self.trained.device.type, dtype=amp, enabled=amp is not None):
+            out = self.model(batch, None)
 
         chosen = _chosen_proposals(out)[0]  # [P] proposal index of each phrase's prediction
-        boxes = (out.boxes[0] / scale).cpu()
-        stage1 = (out.boxes_stage1[0] / scale).cpu()
+        boxes = (out.boxes[0].float() / scale).cpu()
+        stage1 = (out.boxes_stage1[0].float() / scale).cpu()
         props = (batch.proposals[0] / scale).cpu()
         return [
             GroundedPhrase(

@@ -2,8 +2,10 @@
 
 Two modes:
 
-* model: ``relground evaluate --config C --checkpoint K [--split test] [--json]`` runs the model over the split
-  and reports the fused, stage-1 and stage-2 metrics and the proposal upper bound of the top-M it used;
+* model: ``relground evaluate --checkpoint K [--config C] [--split test] [--device auto] [--batch-size B] [--json]``
+  runs the model over the split in batches (on the GPU when there is one, bf16 autocast there; a progress bar, or
+  log lines without a terminal) and reports the fused, stage-1 and stage-2 metrics, the proposal upper bound of
+  the top-M it used, and the throughput; the text output names the split, the checkpoint and its iteration;
 * file: ``relground evaluate --dataset flickr30k --root DIR --split test --predictions P.json [--json]`` scores a
   list of ``{"image_id", "sentence_index", "first_word_index", "box"}`` (original pixels) against the split.
 
@@ -14,6 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from relground.config.data import DATASETS
 from relground.data.proposals import ProposalStore
 from relground.data.catalog import load_split
@@ -21,6 +25,7 @@ from relground.engine.predictor import TrainedModel
 from relground.evaluation.evaluator import evaluate_predictions, format_metrics, load_twins
 from relground.evaluation.predictions import load_predictions
 from relground.evaluation.visualize import plot_accuracy_vs_iou
+from relground.utils.logs import setup_logger
 
 
 def register(subparsers) -> None:
@@ -31,6 +36,10 @@ def register(subparsers) -> None:
     model = p.add_argument_group("model mode")
     model.add_argument("--config", help="YAML config the checkpoint was trained with (default: the one stored in it)")
     model.add_argument("--checkpoint", help="checkpoint file (model_final.pth) or a training output folder")
+    model.add_argument("--device", default="auto",
+                       help="where the model runs: auto (CUDA when available, else cpu), cpu, cuda, cuda:1 ...")
+    model.add_argument("--batch-size", type=int, default=None,
+                       help="(image, caption) pairs per batch (default: data.batch_size of the config)")
     model.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="config override, repeatable (e.g. data.root=/data/flickr30k)")
     files = p.add_argument_group("file mode")
@@ -68,8 +77,20 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(format_metrics(metrics))
+        print(_header(metrics) + format_metrics(metrics))
     return 0
+
+
+def _header(metrics: dict) -> str:
+    """What was evaluated, and how fast: the lines above the metrics in the text output."""
+    if "checkpoint" not in metrics:
+        return f"split {metrics['split']} of {metrics.get('dataset', '?')}\n"
+    speed = metrics["throughput"]
+    return (
+        f"split {metrics['split']}  checkpoint {metrics['checkpoint']}  iteration {metrics['iteration']}\n"
+        f"device {metrics['device']}  {speed['pairs']} pairs, {speed['images']} images in {speed['seconds']:.1f} s "
+        f"({speed['pairs_per_s']:.1f} pairs/s, {speed['images_per_s']:.1f} images/s)\n"
+    )
 
 
 def evaluate_file(args) -> dict:
@@ -95,5 +116,12 @@ def evaluate_file(args) -> dict:
 
 def evaluate_checkpoint(args) -> dict:
     """Model mode: rebuild the model from ``--checkpoint`` (+ ``--config``) and evaluate it on ``--split``."""
-    trained = TrainedModel.from_checkpoint(args.checkpoint, config=args.config, overrides=args.overrides)
-    return {"split": args.split, **trained.evaluate(args.split)}
+    setup_logger()  # progress lines on stderr where no bar shows
+    if args.device != "auto" and args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available here (use --device cpu, or auto)")
+    trained = TrainedModel.from_checkpoint(args.checkpoint, config=args.config, overrides=args.overrides,
+                                           device=args.device)
+    metrics, predictions = trained.evaluate(args.split, return_predictions=True, progress=True,
+                                            batch_size=args.batch_size)
+    return {"split": args.split, "checkpoint": str(trained.checkpoint), "iteration": trained.iteration,
+            "device": str(trained.device), **metrics, "throughput": predictions.throughput()}

@@ -141,7 +141,11 @@ class ModelConfig:
         backbone: ``resnet101`` (the paper), ``resnet50``, ``resnet18`` or ``resnet10`` (BasicBlock x [1,1,1,1],
             the small CPU option). torchvision constructors, random init unless ``backbone_weights`` is given.
         backbone_weights: local file with ResNet weights (torchvision, detectron2, maskrcnn-benchmark or
-            Detectron/Caffe naming; see :func:`relground.model.backbone.map_resnet_state_dict`). None = random.
+            Detectron/Caffe naming; see :func:`relground.model.backbone.map_resnet_state_dict`), or ``random``
+            (random init, on purpose). None: training a real dataset with a frozen backbone is refused.
+        backbone_layout: ``auto`` (told by the weight file's key names, :func:`relground.model.resnet_weights.
+            detect_layout`), ``torchvision`` or ``msra`` (a Caffe ResNet in torchvision's names). Training checks
+            ``stride_in_1x1`` and ``data.pixel_format`` against it.
         stride_in_1x1: put the stride of each stage on the 1x1 conv (MSRA/Caffe ResNets, e.g. the
             bottom-up-attention weights) instead of the 3x3 conv (torchvision).
         freeze_backbone: the whole ResNet (stem..layer4) in eval mode without gradients, as the authors.
@@ -257,6 +261,7 @@ class ModelConfig:
 
     backbone: str = "resnet101"
     backbone_weights: Optional[str] = None
+    backbone_layout: str = "auto"
     stride_in_1x1: bool = False
     freeze_backbone: bool = True
     box_head: str = "faithful"
@@ -331,6 +336,7 @@ class ModelConfig:
             "ranking_projection": RANKING_PROJECTIONS,
             "head_init": HEAD_INITS,
         }
+        choices["backbone_layout"] = ("auto", "torchvision", "msra")
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"model.{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -18,8 +18,15 @@ class TrainConfig:
         accumulation_steps: micro-batches per optimizer step (>= 1).
         checkpoint_period: iterations between checkpoints (5000).
         keep_checkpoints: periodic checkpoints kept on disk (3); ``model_final.pth`` is always kept.
-        log_period: iterations between CSV/TensorBoard rows (20).
-        progress_bar: show a tqdm bar on rank 0.
+        log_period: iterations between CSV/TensorBoard rows and log lines (20). The lines (iteration, losses, lr,
+            pairs/s, ETA, peak memory) go to ``<output_dir>/log.txt`` and, where stderr is not a terminal (a batch
+            job), to stderr instead of a bar.
+        eval_period: iterations between evaluations on ``data.val_split`` during training, also at the end; 0 (the
+            default) = none. Metrics go to metrics.csv / TensorBoard (``val/*``) and the log; the best
+            ``train.eval_metric`` so far is kept as ``checkpoints/model_best.pth`` with its value and iteration.
+        eval_metric: the metric that picks ``model_best.pth`` (higher is better): ``accuracy`` (default),
+            ``point_it``, ``stage1/accuracy``...
+        progress_bar: show a tqdm bar on rank 0 (only where stderr is a terminal).
         tensorboard: write TensorBoard events next to ``metrics.csv``.
         find_unused_parameters: DistributedDataParallel flag; True because ReIR leaves heads unused on
             some batches (e.g. the relation classifier when a batch has no relation).
@@ -29,10 +36,10 @@ class TrainConfig:
         max_loss: stop like the NaN guard when the total or any loss term exceeds this in magnitude; None (default)
             = only NaN/inf stop. A diverging run (a loss at 1e31 hundreds of steps before it turns inf) then ends
             at once, with the last good checkpoint named.
-        data_order: ``"auto"``: shuffled by a ``RandomSampler`` in one process, by the ``DistributedSampler``'s
-            ``(seed, epoch)`` permutation in several; ``"distributed"``: that permutation in one process too, so
-            that runs with any number of processes and the same global batch train on the same global batches
-            (docs/distributed.md).
+        data_order: ``"distributed"`` (default): the ``DistributedSampler``'s ``(seed, epoch)`` permutation at
+            every world size (one process too, as detectron2's ``TrainingSampler``), so that runs with any number
+            of processes and the same global batch train on the same global batches (docs/distributed.md);
+            ``"auto"``: the opt-out, shuffled by a ``RandomSampler`` in one process (the order before 2026-12-07).
         compile: run the model's training forward and losses through ``torch.compile(fullgraph=True)`` (needs
             ``model.static_shapes``: the default step synchronises with the host and cannot be traced whole).
         cuda_graph: capture forward + losses + backward + optimizer step as one CUDA graph per batch shape and
@@ -50,12 +57,14 @@ class TrainConfig:
     checkpoint_period: int = 5000
     keep_checkpoints: int = 3
     log_period: int = 20
+    eval_period: int = 0
+    eval_metric: str = "accuracy"
     progress_bar: bool = True
     tensorboard: bool = True
     find_unused_parameters: bool = True
     threads: int = 0
     max_loss: Optional[float] = None
-    data_order: Literal["auto", "distributed"] = "auto"
+    data_order: Literal["auto", "distributed"] = "distributed"
     compile: bool = False
     cuda_graph: bool = False
 
@@ -64,6 +73,8 @@ class TrainConfig:
             raise ValueError(f"train.max_loss must be > 0 or null, got {self.max_loss}")
         if self.data_order not in ("auto", "distributed"):
             raise ValueError(f"train.data_order must be 'auto' or 'distributed', got {self.data_order!r}")
+        if self.eval_period < 0:
+            raise ValueError(f"train.eval_period must be >= 0 (0 = no evaluation during training), got {self.eval_period}")
         if self.threads < 0:
             raise ValueError(f"train.threads must be >= 0 (0 = torch's default), got {self.threads}")
         for name in ("accumulation_steps", "checkpoint_period", "keep_checkpoints", "log_period"):

@@ -31,6 +31,7 @@ from relground.utils.io import TMP_PREFIX, atomic_torch_save
 
 CHECKPOINT_PATTERN = re.compile(r"^model_(\d+)\.pth$")
 FINAL_NAME = "model_final.pth"
+BEST_NAME = "model_best.pth"  # the best evaluation so far (train.eval_period), with its metric and iteration
 # A finished run that is extended keeps its former final checkpoint under this name (never pruned).
 ARCHIVED_FINAL_PATTERN = re.compile(r"^model_final_(\d+)\.pth$")
 
@@ -215,6 +216,14 @@ class Checkpointer:
         if keep_final_of is not None and not final:
             (self.directory / FINAL_NAME).unlink(missing_ok=True)  # the archive holds it
         self._prune()
+        return path
+
+    def save_best(self, state: dict[str, Any]) -> Path:
+        """Write ``state`` atomically as ``model_best.pth`` (never pruned, never a resume candidate)."""
+        assert_finite_state(state["model"])
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / BEST_NAME
+        atomic_torch_save(state, path)
         return path
 
     def _prune(self) -> None:

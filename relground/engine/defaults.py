@@ -22,6 +22,9 @@ C_r is the number of categories in the train relations file (``data.relations``)
     model = build_model(cfg, model_args)
     test_loader = build_loader(cfg, cfg.data.test_split, model_args, train=False)
     model, cfg, model_args = model_from_checkpoint(load_checkpoint(result["checkpoint"]))
+
+Over 400 lines because it is the one place where a ``Config`` becomes the loop's parts (loaders, model, resume
+checks, the evaluation hook), so that the trainer and its hooks never read a config.
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
+
+import torch
 
 from relground.config import Config, apply_overrides, from_dict, save_config, to_dict
 from relground.config.data import DataConfig
@@ -42,15 +47,20 @@ from relground.engine.checkpoint import (
     CheckpointError, Checkpointer, check_resumable, config_differences, find_loadable_checkpoint, warn_broken_checkpoints,
 )
 from relground.engine.cuda_graph import MAX_GRAPHS
+from relground.engine.eval_hook import EvalHook
 from relground.engine.hooks import HookBase
 from relground.engine.solver import per_process_batch_size
 from relground.engine.trainer import Trainer
+from relground.engine.weights import check_backbone_weights, without_weight_file
+from relground.evaluation.evaluator import load_twins
+from relground.evaluation.inference import evaluate_model
 from relground.language.glove import WordVectors, category_prior
 from relground.language.relations import load_categories
 from relground.language.vocab import PHRASE_SPECIALS, Vocabulary, tokenize
 from relground.model.reir import ReIR
 from relground.structures.records import ImageAnnotation
-from relground.utils.env import intra_op_threads, resolve_device, seed_all
+from relground.utils.env import intra_op_threads, resolve_amp_dtype, resolve_device, seed_all
+from relground.utils.logs import close_log_file, setup_logger
 
 GLOVE_DIM = 50  # model.word_dim of the shared GloVe 6B 50-d vectors: the caption embedding starts from them
 
@@ -133,6 +143,8 @@ def build_loader(
     train: bool = False,
     batch_size: Optional[int] = None,
     images: Optional[Sequence[ImageAnnotation]] = None,
+    device: Optional[torch.device] = None,
+    whole_split: bool = False,
 ):
     """A loader over ``split`` for this process (rank and world size from ``torch.distributed``).
 
@@ -143,12 +155,16 @@ def build_loader(
         train: shuffle by ``(cfg.seed, epoch)`` and drop the last incomplete batch.
         batch_size: per-process batch (default ``data.batch_size``).
         images: the loaded split (read from ``data.root`` when None).
+        device: where batches are finished (a GPU decodes there); default ``train.device``.
+        whole_split: every item in this process (rank 0 of 1), e.g. an evaluation run by rank 0 alone.
     """
     dataset = build_split_dataset(cfg, split, model_args, images=images)
     data = _data_config(cfg, model_args, batch_size)
+    rank, world_size = (0, 1) if whole_split else (du.get_rank(), du.get_world_size())
+    device_id = _cuda_index(cfg) if device is None else (device.index if device.type == "cuda" else None)
     return build_dataloader(
-        data, dataset, train=train, rank=du.get_rank(), world_size=du.get_world_size(), seed=cfg.seed,
-        device_id=_cuda_index(cfg), distributed_order=train and cfg.train.data_order == "distributed",
+        data, dataset, train=train, rank=rank, world_size=world_size, seed=cfg.seed,
+        device_id=device_id, distributed_order=train and cfg.train.data_order == "distributed",
     )
 
 
@@ -212,7 +228,8 @@ def model_from_checkpoint(state: dict[str, Any], overrides: Sequence[str] = (), 
             raise ValueError(f"{source}: checkpoint has no {key!r} entry (was it written by relground.engine.defaults.train?)")
     cfg = from_dict(Config, state["config"], source="checkpoint config")
     cfg = apply_overrides(cfg, overrides) if overrides else cfg
-    model = build_model(cfg, state["model_args"], word_vectors=False)
+    # every backbone tensor is in the checkpoint: the weight file the run started from is not read
+    model = build_model(without_weight_file(cfg), state["model_args"], word_vectors=False)
     load_model_weights(model, state, cfg, source=source)
     return model, cfg, state["model_args"]
 
@@ -221,9 +238,10 @@ def model_from_checkpoint(state: dict[str, Any], overrides: Sequence[str] = (), 
 # often it logs / checkpoints. Every other key changes the model, the optimisation or the data order.
 RESUMABLE_KEYS = (
     "output_dir", "name", "data.root", "data.proposals", "data.relations", "data.images", "data.num_workers",
+    "model.backbone_weights",  # the checkpoint holds every backbone tensor: the file may move
     "data.loader", "data.val_split", "data.test_split", "solver.max_iter", "train.device", "train.threads",
     "train.checkpoint_period", "train.keep_checkpoints", "train.log_period", "train.progress_bar",
-    "train.tensorboard", "train.max_loss",
+    "train.tensorboard", "train.max_loss", "train.eval_period",
 )
 
 
@@ -298,6 +316,24 @@ def check_ranks_resume_alike(path: Optional[Path], state: Optional[dict[str, Any
                          "folder every rank sees alike")
 
 
+def build_eval_hook(cfg: Config, model_args: dict[str, Any], trainer: Trainer) -> EvalHook:
+    """``train.eval_period``'s hook: the trained model on ``data.val_split`` (the whole split, on rank 0, under the
+    training's autocast), ``model_best.pth`` by ``train.eval_metric``."""
+    split = cfg.data.val_split
+    loader = None
+
+    def evaluate() -> dict[str, Any]:
+        nonlocal loader
+        if loader is None:  # built at the first evaluation, on rank 0 only
+            loader = build_loader(cfg, split, model_args, train=False, device=trainer.device, whole_split=True)
+        images = loader.dataset.images if hasattr(loader, "dataset") else load_annotations(cfg.data, split)
+        model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model  # no DDP collectives
+        return evaluate_model(model, loader, annotations=images, twins=load_twins(cfg.data.root, images),
+                              progress=False, amp_dtype=resolve_amp_dtype(cfg.train.amp, trainer.device))
+
+    return EvalHook(cfg.train.eval_period, evaluate, metric=cfg.train.eval_metric, split=split)
+
+
 def check_cuda_graph(cfg: Config) -> None:
     """``train.cuda_graph``'s needs beyond :class:`~relground.config.train.TrainConfig`'s own checks (the trainer
     checks the model and optimizer again), all named at once. ``data.image_bucket: 0`` (one capture per distinct
@@ -361,14 +397,17 @@ def train(cfg: Config, *, resume: bool = False, hooks: Sequence[HookBase] = ()) 
         raise ValueError(f"output_dir {output_dir} already holds checkpoints; resume it (--resume) or choose another folder")
     # Checked before anything is built or written: a resume that cannot work leaves the run folder as it was.
     resume_path, resume_state = load_resume_checkpoint(cfg) if resume else (None, None)
+    if resume_state is None:
+        check_backbone_weights(cfg)  # a resumed run takes every backbone tensor from its checkpoint
     device = resolve_device(cfg.train.device)
     with intra_op_threads(cfg.train.threads if device.type == "cpu" else 0):
         du.init_distributed(device)
         try:
             check_ranks_resume_alike(resume_path, resume_state)
+            logger = setup_logger(output_dir, du.get_rank())  # stderr + <output_dir>/log.txt, rank 0
             seed_all(cfg.seed)  # identical initial weights on every rank
             train_loader, model_args = build_train_loader(cfg)
-            model = build_model(cfg, model_args)
+            model = build_model(cfg if resume_state is None else without_weight_file(cfg), model_args)
             trainer = Trainer(
                 model,
                 train_loader,
@@ -380,6 +419,8 @@ def train(cfg: Config, *, resume: bool = False, hooks: Sequence[HookBase] = ()) 
                 checkpoint_extra={"config": to_dict(cfg), "model_args": model_args},
                 pad_batch=functools.partial(pad_to_buckets, image_bucket=cfg.data.image_bucket),
             )
+            if cfg.train.eval_period:
+                trainer.register_hooks([build_eval_hook(cfg, model_args, trainer)])
             trainer.register_hooks(hooks)
             if resume_state is not None:
                 trainer.resume_from(resume_path, resume_state)
@@ -387,8 +428,12 @@ def train(cfg: Config, *, resume: bool = False, hooks: Sequence[HookBase] = ()) 
             if du.is_main_process():  # only now: the resume (if any) worked
                 output_dir.mkdir(parents=True, exist_ok=True)
                 save_config(cfg, config_path)
+            logger.info(f"train: {cfg.name}, {cfg.solver.max_iter} iterations on {du.get_world_size()} process(es), "
+                        f"device {device}, run folder {output_dir}" + (f", resuming {resume_path}" if resume_path else ""))
             result = trainer.train()
             result["config"] = str(config_path)
+            logger.info(f"train: {result['status']} at iteration {result['iteration']}, checkpoint {result['checkpoint']}")
             return result
         finally:
+            close_log_file()
             du.destroy_distributed()

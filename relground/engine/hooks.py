@@ -1,4 +1,5 @@
-"""Trainer hooks: checkpointing, metric logging (CSV + TensorBoard), progress bar, signal handling.
+"""Trainer hooks: checkpointing, metric logging (CSV + TensorBoard + log lines), progress bar, signal handling
+(periodic evaluation with the best checkpoint: :mod:`relground.engine.eval_hook`).
 
 A hook sees the trainer through ``self.trainer`` (set by ``Trainer.register_hooks``) and may act at four
 points: ``before_train``, ``before_step``, ``after_step``, ``after_train`` (the last runs even when training
@@ -12,8 +13,10 @@ all ranks).
 from __future__ import annotations
 
 import csv
+import datetime
 import math
 import os
+import resource
 import signal
 import threading
 import time
@@ -22,9 +25,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+import torch
 from tqdm.auto import tqdm
 
 from relground.engine.distributed import is_main_process, reduce_dict_mean
+from relground.utils.logs import get_logger, interactive
 
 if TYPE_CHECKING:
     from relground.engine.trainer import Trainer
@@ -149,12 +154,35 @@ class MetricsWriter(HookBase):
         self.latest = row
         if not is_main_process():
             return
+        self._log_line(row)
         self._append_csv(row)
         if self._tb is not None:
             for key, value in row.items():
                 if key != "iteration":
                     self._tb.add_scalar(key if "/" in key else f"train/{key}", value, iteration)
             self._tb.flush()
+
+    def write_scalars(self, iteration: int, values: dict[str, float]) -> None:
+        """One more row (e.g. an evaluation's ``val/*``) in metrics.csv and TensorBoard; rank 0 writes."""
+        if not is_main_process():
+            return
+        self._append_csv({"iteration": iteration, **values})
+        if self._tb is not None:
+            for key, value in values.items():
+                self._tb.add_scalar(key, value, iteration)
+            self._tb.flush()
+
+    def _log_line(self, row: dict[str, float]) -> None:
+        """``iter 20/100  total_loss 1.2345  loss/rec_s2 ...  lr 1.00e-03  pairs/s 12.3  eta 0:01:23  max_mem 1.2G``:
+        on stderr where no bar shows (a batch job), always in log.txt."""
+        trainer = self.trainer
+        losses = "  ".join(f"{k} {row[k]:.4f}" for k in ["total_loss", *(k for k in row if k.startswith("loss/"))])
+        eta = datetime.timedelta(seconds=round(row["time_per_iter"] * (trainer.max_iter - row["iteration"])))
+        line = (
+            f"iter {row['iteration']}/{trainer.max_iter}  {losses}  lr {row['lr']:.2e}  "
+            f"pairs/s {row['images_per_s']:.1f}  eta {eta}  max_mem {_max_memory(trainer.device)}"
+        )
+        get_logger().info(line, extra={"file_only": interactive()})
 
     def _append_csv(self, row: dict[str, float]) -> None:
         rows = []
@@ -213,12 +241,22 @@ class MetricsWriter(HookBase):
             writer.writerows(rows)
 
 
+def _max_memory(device: torch.device) -> str:
+    """Peak memory of this process: CUDA allocations on a GPU, the resident set (``ru_maxrss``) on the CPU."""
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
+    return f"{peak / 2**30:.2f}G"
+
+
 class ProgressBar(HookBase):
-    """A tqdm bar over iterations on rank 0, showing the latest logged loss, lr and images/s.
+    """A tqdm bar over iterations on rank 0, showing the latest logged loss, lr and images/s; only where stderr is
+    a terminal (a batch job gets :class:`MetricsWriter`'s log lines instead of ``\r`` frames).
 
     Args:
         metrics: the ``MetricsWriter`` whose latest row is shown (optional).
-        enabled: False hides the bar (e.g. in batch jobs).
+        enabled: False hides the bar.
     """
 
     def __init__(self, metrics: Optional[MetricsWriter] = None, enabled: bool = True) -> None:
@@ -234,7 +272,7 @@ class ProgressBar(HookBase):
             desc="train",
             unit="it",
             dynamic_ncols=True,
-            disable=not (self.enabled and is_main_process()),
+            disable=not (self.enabled and is_main_process() and interactive()),
         )
 
     def after_step(self) -> None:

@@ -420,6 +420,15 @@ class Trainer:
         du.barrier()  # no rank runs ahead while rank 0 writes (a later failure must not outrun the file)
         return self.last_checkpoint
 
+    def save_best(self, best: dict[str, Any]) -> Optional[Path]:
+        """Write ``model_best.pth`` (rank 0; the model and ``checkpoint_extra``, enough for evaluation and
+        ``Grounder``, not to resume) with ``best`` (metric, value, iteration, split). No collective."""
+        if self.checkpointer is None or not du.is_main_process():
+            return None
+        state = {**self.checkpoint_extra, "iteration": self.iteration, "model": unwrap(self.model).state_dict(),
+                 "best": dict(best)}
+        return self.checkpointer.save_best(state)
+
     def resume_or_load(self, resume: bool = True, weights: Optional[str | Path] = None) -> int:
         """Resume from the newest checkpoint in ``<output_dir>/checkpoints`` that loads (when ``resume``; newer
         unreadable ones are named in a warning and left on disk), else load ``weights``' model. Writes nothing.

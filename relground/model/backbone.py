@@ -36,6 +36,7 @@ from relground.model.resnet_weights import load_checkpoint_file, map_resnet_stat
 
 __all__ = [
     "C4_STRIDE",
+    "RANDOM_WEIGHTS",
     "FeatureCache",
     "ImageMaps",
     "ResNetBackbone",
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 C4_STRIDE = 16  # stem (4) x layer2 (2) x layer3 (2)
+RANDOM_WEIGHTS = "random"  # model.backbone_weights: random init on purpose (the synthetic benchmark)
 
 
 def _pool_inputs(maps: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
@@ -113,7 +115,7 @@ class ResNetBackbone(nn.Module):
     Args:
         name: see :func:`build_resnet`.
         box_head: ``faithful`` or ``fast`` (see the module docstring).
-        weights: local checkpoint path or None (random init).
+        weights: local checkpoint path, or None / ``"random"`` (random init).
         stride_in_1x1: MSRA/Caffe stride placement.
         frozen: no gradients and BatchNorm always in eval mode. Default True.
         output_size: RoIAlign grid. Default 7.
@@ -142,7 +144,7 @@ class ResNetBackbone(nn.Module):
         if box_head not in ("faithful", "fast"):
             raise ValueError(f"model.box_head must be 'faithful' or 'fast', got {box_head!r}")
         resnet = build_resnet(name, stride_in_1x1)
-        if weights is not None:
+        if weights is not None and weights != RANDOM_WEIGHTS:
             mapped, _ = map_resnet_state_dict(load_checkpoint_file(weights))
             expected = {k for k in resnet.state_dict() if not k.endswith("num_batches_tracked")}
             missing = sorted(expected - set(mapped))

@@ -22,8 +22,8 @@ from tests.data.conftest import run_data_cli
 
 # configs/flickr30k_reir.yaml's method, shrunk to CPU test size: only backbone, widths, image scale and schedule.
 SMALL = [
-    "model.backbone=resnet10", "model.stride_in_1x1=false", "model.box_head=fast", "model.hidden_dim=64",
-    "model.word_dim=50", "model.vogn_dim=32", "model.ranking_dim=32", "model.relation_hidden=64",
+    "model.backbone=resnet10", "model.backbone_weights=random", "model.stride_in_1x1=false", "model.box_head=fast",
+    "model.hidden_dim=64", "model.word_dim=50", "model.vogn_dim=32", "model.ranking_dim=32", "model.relation_hidden=64",
     "model.regression_hidden=32", "data.min_size=200", "data.max_size=320", "data.num_workers=0",
     "data.batch_size=4", "solver.ims_per_batch=4", "solver.max_iter=12", "solver.warmup_iters=4", "solver.steps=[10]",
     "model.refine_start_iteration=6", "train.log_period=4", "train.checkpoint_period=12",

@@ -90,9 +90,9 @@ def test_resume_falls_back_past_a_truncated_newest_checkpoint(run, fresh_run, be
         result = _resume(fresh_run, bench)
     assert result["status"] == "finished" and result["iteration"] == 3
     after = folder_hashes(fresh_run)
-    # what a successful resume writes: the new final checkpoint, config.yaml, metrics.csv; nothing else changed
+    # what a successful resume writes: the new final checkpoint, config.yaml, metrics.csv, log.txt; nothing else changed
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
-    assert changed <= {FINAL, "config.yaml", "metrics.csv"}, changed
+    assert changed <= {FINAL, "config.yaml", "metrics.csv", "log.txt"}, changed
     assert before["checkpoints/model_0000001.pth"] == after["checkpoints/model_0000001.pth"]
     resumed = load_checkpoint(fresh_run / FINAL)["model"]
     uninterrupted = load_checkpoint(run / FINAL)["model"]
