@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from relground.cli.common import HELP_FORMATTER, add_override_argument, command_description
 from relground.config.data import DATASETS
 from relground.data.proposals import ProposalStore
 from relground.data.catalog import load_split
@@ -26,13 +27,12 @@ from relground.evaluation.visualize import plot_accuracy_vs_iou
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate", help="Acc / PointIt / accuracy vs IoU of a checkpoint or a predictions file",
-        description=__doc__.split("\n\n")[1],
+        description=command_description(__doc__), formatter_class=HELP_FORMATTER,
     )
     model = p.add_argument_group("model mode")
     model.add_argument("--config", help="YAML config the checkpoint was trained with (default: the one stored in it)")
     model.add_argument("--checkpoint", help="checkpoint file (model_final.pth) or a training output folder")
-    model.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="config override, repeatable (e.g. data.root=/data/flickr30k)")
+    add_override_argument(model)
     files = p.add_argument_group("file mode")
     files.add_argument("--predictions", help="predictions JSON: list of {image_id, sentence_index, first_word_index, box}")
     files.add_argument("--dataset", choices=DATASETS, help="dataset of the predictions")

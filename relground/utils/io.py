@@ -1,4 +1,5 @@
-"""Atomic file writes: a file is replaced whole or not at all, even under SIGKILL or power loss."""
+"""Atomic file writes: a file is replaced whole or not at all, even under SIGKILL or power loss; its mode follows
+the umask (0644 under the usual 022), as a file written with ``open`` would, so that a team can share a run."""
 from __future__ import annotations
 
 import os
@@ -19,6 +20,20 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """This process's umask, read without changing it where Linux shows it (``/proc/self/status``); elsewhere set
+    and restored at once (another thread creating a file in that instant would get the default mode)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write_fn) -> Path:
     """Write a file atomically: ``write_fn(binary file object)`` fills a temporary file that replaces ``path``.
 
@@ -32,6 +47,7 @@ def atomic_write(path: str | os.PathLike, write_fn) -> Path:
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a run's files follow the umask as open() would
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
             f.flush()
