@@ -29,7 +29,8 @@ DATASETS = tuple(CATALOG)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("data", help="prepare and inspect datasets")
+    p = subparsers.add_parser("data", help="prepare and inspect datasets", description="Prepare and inspect datasets: "
+                              "`relground data DATA_COMMAND --help` describes each command.")
     sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
 
     stats = sub.add_parser("stats", help="count images, sentences, phrases, grounded phrases and boxes of a split")
@@ -114,6 +115,9 @@ def register(subparsers) -> None:
     det.add_argument("--score-threshold", type=float, default=0.0)
     det.add_argument("--device", default="cpu")
     det.set_defaults(func=run_detect)
+    for choice in sub._choices_actions:  # --help of a data command without its own description: its one-line help
+        parser = sub.choices[choice.dest]
+        parser.description = parser.description or choice.help
 
 
 def add_split_arguments(parser) -> None:
