@@ -95,7 +95,7 @@ def run(args) -> int:
     device = ground_device(args.device)
     out = Path(args.out) if args.out else Path(f"{image_path.stem}_grounded.png")
     if out.exists() and not args.overwrite:
-        raise FileExistsError(f"--out: {out} exists; pass --overwrite to replace it (or choose another --out)")
+        raise ValueError(f"--out: {out} exists; pass --overwrite to replace it (or choose another --out)")
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out: {out}: expected a .png file")
     caption = Grounder.split_caption(args.caption)  # before the model loads: a bad caption fails fast
@@ -113,7 +113,7 @@ def run(args) -> int:
               f"in {args.caption!r}); the picture shows no box", file=sys.stderr)
         phrases = []
     else:
-        phrases = grounder.ground(image, args.caption, proposals=proposals)
+        phrases = grounder.ground(image_path, args.caption, proposals=proposals)  # the path: errors name the file
     out.parent.mkdir(parents=True, exist_ok=True)
     draw_groundings(
         image, caption.words, [(p.first_word_index, p.first_word_index + p.num_words) for p in phrases],

@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 # file and what was expected (ValueError covers CheckpointError, UnicodeDecodeError and json's errors; the OSErrors
 # a path that cannot be opened). Anything else, a bare KeyError or a full disk included, is a bug or an environment
 # problem and keeps its traceback.
-USER_ERRORS = (ValueError, MissingEntryError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
-               PermissionError)
+USER_ERRORS = (ValueError, MissingEntryError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 def error_message(exc: BaseException) -> str:
