@@ -103,6 +103,10 @@ NUMERIC_RANGES: dict[str, Interval] = {
     "train.log_period": AT_LEAST_1,
     "train.threads": NON_NEGATIVE,
     "train.max_loss": POSITIVE,
+    # keys that other branches of this round add (issue 21: loss normalisation, softmax; issue 22: evaluation)
+    "model.loss.reference_images": AT_LEAST_1,
+    "model.softmax_epsilon": NON_NEGATIVE,
+    "train.eval_period": NON_NEGATIVE,  # 0 = no evaluation during training
 }
 
 
