@@ -1,5 +1,4 @@
-"""Atomic file writes: a file is replaced whole or not at all, even under SIGKILL or power loss; its mode follows
-the umask (0644 under the usual 022), as a file written with ``open`` would, so that a team can share a run."""
+"""Atomic file writes: a file is replaced whole or not at all, even under SIGKILL or power loss."""
 from __future__ import annotations
 
 import os
