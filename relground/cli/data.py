@@ -286,7 +286,8 @@ def run_detect(args) -> int:
     if args.images is not None:
         folder = Path(args.images)
     elif target.root is not None:
-        folder = Path(target.data.images) if target.data.images else target.root / dataset_entry(target.data.dataset).images
+        default = target.root / dataset_entry(target.data.dataset).images  # ROOT/Images, ROOT/images
+        folder = Path(target.data.images) if target.data.images else default
     else:
         raise ValueError("--images: required without --root or a --config with data.root")
     if not folder.is_dir():

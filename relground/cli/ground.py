@@ -60,7 +60,8 @@ def read_image(path: Path) -> Image.Image:
             fmt = pil.format
             image = pil.convert("RGB")  # decodes every pixel: a damaged file fails here, not in the model
     except Image.UnidentifiedImageError:
-        raise ValueError(f"--image: {path}: not an image file (expected JPEG, PNG or another format PIL reads)") from None
+        raise ValueError(f"--image: {path}: not an image file (expected JPEG, PNG or another format PIL reads)") \
+            from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(f"--image: {path}: damaged or truncated {fmt or 'image'} ({exc})") from None
     if fmt == "JPEG":  # PIL decodes some truncated JPEGs without a word; the end-of-image marker says
@@ -105,7 +106,8 @@ def run(args) -> int:
         image_id = args.image_id or image_path.stem
         store = ProposalStore(args.proposals)
         if image_id not in store:
-            raise MissingEntryError(f"--proposals: {args.proposals} has no entry for image id {image_id!r} (set --image-id)")
+            raise MissingEntryError(
+                f"--proposals: {args.proposals} has no entry for image id {image_id!r} (set --image-id)")
         proposals = store[image_id]
         source = f"{args.proposals}, image id {image_id!r}, {len(proposals)} boxes"
     if not caption.phrases:

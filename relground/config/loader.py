@@ -13,8 +13,8 @@ names it and suggests the closest valid keys; a value of the wrong type (``"abc"
 for an int) is a ``ValueError`` naming the key and the expected type. Command-line overrides use dotted
 keys, matched case-insensitively (``SOLVER.MAX_ITER``), and are parsed against the field's type (``--set
 solver.base_lr=1e-3 solver.steps=[100,200] model.backbone_weights=none``). Every number is checked against its
-range (:mod:`relground.config.ranges`; ``nan`` and ``inf`` are refused for every key). The result is frozen (``dataclasses.FrozenInstanceError`` on
-assignment); :func:`apply_overrides` returns a new config instead.
+range (:mod:`relground.config.ranges`; ``nan`` and ``inf`` are refused for every key). The result is frozen
+(``dataclasses.FrozenInstanceError`` on assignment); :func:`apply_overrides` returns a new config instead.
 
 Example::
 

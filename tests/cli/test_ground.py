@@ -90,7 +90,8 @@ def test_the_proposal_file_is_named(tiny_run, tmp_path, capsys):
     proposals = tiny_run / "data" / "proposals.h5"
     count = len(ProposalStore(proposals)[TEST_IMAGE])
     code, stdout, _ = run(capsys, ["ground", "--checkpoint", str(tiny_run / "run"), "--image", str(image),
-                                   "--caption", CAPTION, "--proposals", str(proposals), "--out", str(tmp_path / "p.png")])
+                                   "--caption", CAPTION, "--proposals", str(proposals),
+                                   "--out", str(tmp_path / "p.png")])
     assert code == 0
     assert f"proposals: {proposals}, image id '{TEST_IMAGE}', {count} boxes; device: cpu" in stdout  # auto: no GPU here
 

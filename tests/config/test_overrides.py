@@ -8,6 +8,7 @@ import yaml
 
 from relground.cli.main import main
 from relground.config import Config, load_config
+from relground.config.loader import shipped_config
 from relground.config.ranges import NUMERIC_RANGES, check_numeric_ranges, numeric_values
 
 
@@ -68,7 +69,7 @@ def test_a_nan_learning_rate_stops_train_before_anything_starts(tmp_path, capsys
 
 def test_a_nan_in_a_yaml_file_is_named_with_the_file(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("_base_: %s\nsolver: {base_lr: .nan}\n" % (load_config.__globals__["shipped_config"]("synthetic.yaml")))
+    path.write_text(f"_base_: {shipped_config('synthetic.yaml')}\nsolver: {{base_lr: .nan}}\n")
     with pytest.raises(ValueError, match=r"c\.yaml: config key 'solver\.base_lr': must be a finite number"):
         load_config(path)
 
@@ -101,7 +102,8 @@ def test_a_subcommands_mistake_prints_the_subcommands_usage(capsys):
         main(["train", "--config", "synthetic.yaml", "--bogus"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
-    assert err.startswith("usage: relground train ") and "relground train: error: unrecognized arguments: --bogus" in err
+    assert err.startswith("usage: relground train ")
+    assert "relground train: error: unrecognized arguments: --bogus" in err
     with pytest.raises(SystemExit):
         main(["data", "stats", "--dataset", "synthetic", "--root", "x", "--bogus"])
     err = capsys.readouterr().err
