@@ -27,6 +27,7 @@ LOCAL_IMPORTS_ALLOWED = {
 # Imports of the root package (the façade above the floors), importing module -> why.
 ROOT_IMPORTS_ALLOWED = {
     "relground.cli.info": "`relground info` reports relground.__version__, HAS_OPS and build_info",
+    "relground.cli.main": "`relground --version` prints relground.__version__",
 }
 
 

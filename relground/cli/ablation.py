@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import json
 
-from relground.cli.common import add_experiment_arguments, progress_printer, run_with_threads
+from relground.cli.common import (
+    HELP_FORMATTER, add_experiment_arguments, command_description, progress_printer, run_with_threads,
+)
 from relground.experiments.ablation import DEFAULT_ITERATIONS, ROWS, run_ablation
 from relground.experiments.demo import DEFAULT_IMAGES
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("ablation", help="Tables 2 and 3 on the synthetic benchmark (Markdown)",
-                              description=__doc__.split("\n\n")[1])
+                              description=command_description(__doc__), formatter_class=HELP_FORMATTER)
     p.add_argument("--out", default="outputs/ablation", help="output folder (default outputs/ablation)")
     p.add_argument("--seeds", type=int, default=None,
                    help="training seeds per row on one benchmark (default 3; not with --data-seeds)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import tempfile
 
+from relground.cli.common import HELP_FORMATTER, add_override_argument, command_description
 from relground.config import load_config
 from relground.data.synthetic.shapes import SyntheticShapes, write_synthetic_shapes
 from relground.engine.benchmark import (
@@ -24,11 +25,11 @@ _DEFAULTS = SyntheticShapes()
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "benchmark", help="time training steps (pairs/s, ms per phase, memory)", description=__doc__.split("\n\n")[0]
+        "benchmark", help="time training steps (pairs/s, ms per phase, memory)",
+        description=command_description(__doc__), formatter_class=HELP_FORMATTER,
     )
     p.add_argument("--config", required=True, help="YAML config file or shipped config name")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, repeatable (e.g. data.captions_per_image=5, train.amp=bf16)")
+    add_override_argument(p)
     p.add_argument("--steps", type=int, default=10, help="timed steps per phase (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before each phase (default 2)")
     p.add_argument(

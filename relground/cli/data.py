@@ -5,9 +5,15 @@ The parsers and the printing live here; the work is done by plain functions in `
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
+from relground.config import load_config
+from relground.config.data import DataConfig
 from relground.data.catalog import CATALOG, dataset_entry, image_sizes_from_root, load_split
 from relground.data.flickr30k import load_flickr30k
 from relground.data.proposals import (
@@ -16,14 +22,15 @@ from relground.data.proposals import (
 from relground.data.stand_in import STAND_IN_DATASETS, write_stand_in
 from relground.data.synthetic import format_properties, generate_synthetic
 from relground.language.relations import (
-    PARSE_FORMAT_VERSION, PARSER_MODEL, build_relations, load_categories, parse_captions,
+    PARSE_FORMAT_VERSION, PARSER_MODEL, build_relations, empty_vocabulary_message, load_categories, parse_captions,
 )
 
 DATASETS = tuple(CATALOG)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("data", help="prepare and inspect datasets")
+    p = subparsers.add_parser("data", help="prepare and inspect datasets", description="Prepare and inspect datasets: "
+                              "`relground data DATA_COMMAND --help` describes each command.")
     sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
 
     stats = sub.add_parser("stats", help="count images, sentences, phrases, grounded phrases and boxes of a split")
@@ -79,23 +86,50 @@ def register(subparsers) -> None:
     stand.add_argument("--json", action="store_true", help="print the summary as JSON")
     stand.set_defaults(func=run_stand_in)
 
-    conv = sub.add_parser("convert-proposals", help="convert a bottom-up-attention style pickle to relground HDF5")
+    conv = sub.add_parser(
+        "convert-proposals", help="convert a bottom-up-attention style pickle to relground HDF5",
+        description="Convert a bottom-up-attention pickle to the HDF5 a config reads. With --split, only that split's "
+        "images are kept and the file goes where the config reads it (data.proposals of --config, default "
+        "{root}/proposals_{split}.h5), e.g.: relground data convert-proposals --pickle vg_test.pkl --class-names "
+        "vg_1600_classes.txt --config flickr30k_reir.yaml --root data/flickr30k_entities --split test",
+    )
     conv.add_argument("--pickle", required=True, help="{image_id: {'boxes': [N, 6] x1,y1,x2,y2,score,label}}")
     conv.add_argument("--class-names", required=True, help="text file, one detector class name per line")
-    conv.add_argument("--root", default=None, help="dataset root, to read image sizes from the annotations")
+    add_split_arguments(conv)
     conv.add_argument("--max-proposals", type=int, default=50)
-    conv.add_argument("--out", required=True, help="output .h5 file")
     conv.set_defaults(func=run_convert)
 
-    det = sub.add_parser("detect-proposals", help="run a torchvision detector (local weights file) over images")
-    det.add_argument("--images", required=True, help="folder of images")
+    det = sub.add_parser(
+        "detect-proposals", help="run a torchvision detector (local weights file) over images",
+        description="Run a torchvision detector whose weights are a local file over a folder of images. With --split "
+        "(and --root or --config), only that split's images (<images>/<image_id>.jpg), written where the config "
+        "reads them (data.proposals of --config, default {root}/proposals_{split}.h5).",
+    )
+    det.add_argument("--images", default=None,
+                     help="folder of images (default with --split: data.images of --config, else the dataset's "
+                     "image folder under --root)")
     det.add_argument("--weights", required=True, help="local torchvision detection state dict (.pth)")
     det.add_argument("--arch", default="fasterrcnn_resnet50_fpn", help="torchvision.models.detection builder name")
+    add_split_arguments(det)
     det.add_argument("--max-proposals", type=int, default=50)
     det.add_argument("--score-threshold", type=float, default=0.0)
     det.add_argument("--device", default="cpu")
-    det.add_argument("--out", required=True, help="output .h5 file")
     det.set_defaults(func=run_detect)
+    for choice in sub._choices_actions:  # --help of a data command without its own description: its one-line help
+        parser = sub.choices[choice.dest]
+        parser.description = parser.description or choice.help
+
+
+def add_split_arguments(parser) -> None:
+    """``--config``, ``--root``, ``--split``, ``--out``: which images, and where the proposals file goes."""
+    parser.add_argument("--config", default=None,
+                        help="the config that will read the file: its data.proposals, data.root and data.dataset")
+    parser.add_argument("--root", default=None, help="dataset root (default: data.root of --config); image sizes "
+                        "and the split's image ids come from its annotations")
+    parser.add_argument("--split", default=None,
+                        help="keep only this split's images and write them where the config reads that split")
+    parser.add_argument("--out", default=None,
+                        help="output .h5 file (default with --split: data.proposals of --config for the split)")
 
 
 def run_stats(args) -> int:
@@ -122,6 +156,9 @@ def run_relations(args) -> int:
     captions = [s.text for image in images for s in image.sentences]
     parses, parse_info = parse_captions(captions, workers=args.workers, cache_dir=cache_dir, progress=True)
     result = build_relations(images, parses, categories=categories, min_freq=args.min_freq)
+    empty = empty_vocabulary_message(result, args.min_freq) if categories is None else None
+    if empty:  # refused before anything is written: training on it would learn no relation class, silently
+        raise ValueError(empty)
     result["split"] = args.split
     result["parse"] = {"model": PARSER_MODEL, "format": PARSE_FORMAT_VERSION, **parse_info}
     if categories is not None:
@@ -171,27 +208,101 @@ def run_stand_in(args) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class ProposalsTarget:
+    """Where ``convert-proposals`` / ``detect-proposals`` write, and which images they keep (None = all)."""
+
+    out: Path
+    root: Optional[Path]
+    image_ids: Optional[list[str]]
+    data: DataConfig
+
+
+def proposals_target(args) -> ProposalsTarget:
+    """Resolve ``--config``, ``--root``, ``--split`` and ``--out``: the split's image ids and the file the config
+    reads for it (``data.proposals`` with ``{root}``, ``{split}``, ``{dataset}`` filled in)."""
+    data = load_config(args.config).data if args.config else DataConfig()
+    root = args.root or data.root or None
+    if root is not None:
+        data = dataclasses.replace(data, root=str(root))
+        if not args.config:  # no config to name the dataset: the layout of the root says it
+            data = dataclasses.replace(data, dataset=layout_of(root))
+    image_ids = None
+    if args.split is not None:
+        if root is None:
+            raise ValueError("--split: needs --root (or a --config with data.root) to read the split's image ids")
+        image_ids = [image.image_id for image in load_split(data.dataset, root, args.split)]
+    if args.out is not None:
+        out = Path(args.out)
+    elif args.split is not None:
+        out = Path(data.proposals_path(args.split))
+    else:
+        raise ValueError("--out: required without --split (with --split the file goes where the config reads that "
+                         f"split: data.proposals = {data.proposals!r})")
+    return ProposalsTarget(out, Path(root) if root is not None else None, image_ids, data)
+
+
+def layout_of(root) -> str:
+    """``flickr30k`` for a root with ``Annotations/`` (Flickr30K Entities, synthetic), else ``referit``."""
+    return "flickr30k" if (Path(root) / "Annotations").is_dir() else "referit"
+
+
+def report_written(args, target: ProposalsTarget, count: int) -> None:
+    print(f"wrote {count} images to {target.out}")
+    if args.split is None:
+        return
+    reads = Path(target.data.proposals_path(args.split))
+    if reads.resolve() == target.out.resolve():
+        print(f"the {args.split} split's proposals, where data.proposals = {target.data.proposals!r} reads them")
+    else:
+        print(f"note: the config reads the {args.split} split's proposals from {reads} (data.proposals = "
+              f"{target.data.proposals!r}), not from {target.out}")
+
+
 def run_convert(args) -> int:
     """``relground data convert-proposals``: bottom-up pickle -> HDF5. Image sizes from ``--root`` annotations."""
     class_names = read_class_names(args.class_names)
-    if args.root is None:
+    target = proposals_target(args)
+    if target.root is None:
         raise ValueError("--root: needed to read image sizes from the dataset annotations")
-    image_sizes = image_sizes_from_root(args.root)
+    image_sizes = image_sizes_from_root(target.root)
     sets = convert_bottom_up(args.pickle, class_names, image_sizes, args.max_proposals)
-    write_proposals(args.out, sets, class_names)
-    print(f"wrote {len(sets)} images to {args.out}")
+    if target.image_ids is not None:
+        missing = [i for i in target.image_ids if i not in sets]
+        if missing:
+            print(f"warning: {len(missing)} of the {args.split} split's {len(target.image_ids)} images have no "
+                  f"proposals in {args.pickle} (first: {missing[0]!r}); training or evaluating that split will "
+                  "stop on them", file=sys.stderr)
+        sets = {i: sets[i] for i in target.image_ids if i in sets}
+    target.out.parent.mkdir(parents=True, exist_ok=True)
+    write_proposals(target.out, sets, class_names)
+    report_written(args, target, len(sets))
     return 0
 
 
 def run_detect(args) -> int:
     """``relground data detect-proposals``: torchvision detector (local weights) over a folder -> HDF5."""
-    folder = Path(args.images)
+    target = proposals_target(args)
+    if args.images is not None:
+        folder = Path(args.images)
+    elif target.root is not None:
+        default = target.root / dataset_entry(target.data.dataset).images  # ROOT/Images, ROOT/images
+        folder = Path(target.data.images) if target.data.images else default
+    else:
+        raise ValueError("--images: required without --root or a --config with data.root")
     if not folder.is_dir():
         raise FileNotFoundError(f"--images: folder not found: {folder}")
-    paths = image_files(folder)
+    if target.image_ids is not None:
+        paths = [folder / f"{image_id}.jpg" for image_id in target.image_ids]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"--images: {len(missing)} of the {args.split} split's {len(paths)} images are "
+                                    f"not in {folder} (first: {missing[0].name})")
+    else:
+        paths = image_files(folder)
     if not paths:
         raise ValueError(f"--images: no .jpg/.jpeg/.png/.bmp files in {folder}")
     sets = detect_proposals(paths, args.weights, args.arch, args.max_proposals, args.score_threshold, args.device)
-    write_proposals(args.out, sets, detector_class_names(args.arch, sets))
-    print(f"wrote {len(sets)} images to {args.out}")
+    write_proposals(target.out, sets, detector_class_names(args.arch, sets))
+    report_written(args, target, len(sets))
     return 0

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 
-from relground.cli.common import add_experiment_arguments, progress_printer, run_with_threads
+from relground.cli.common import (
+    HELP_FORMATTER, add_experiment_arguments, command_description, progress_printer, run_with_threads,
+)
 from relground.experiments.demo import DEFAULT_EXAMPLES, DEFAULT_IMAGES, DEFAULT_ITERATIONS, run_demo
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="synthetic benchmark: train ReIR and the baseline, evaluate, draw",
-                              description=__doc__.split("\n\n")[1])
+                              description=command_description(__doc__), formatter_class=HELP_FORMATTER)
     p.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
     p.add_argument("--images", type=int, default=DEFAULT_IMAGES, help=f"synthetic images (default {DEFAULT_IMAGES})")
     p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from relground.cli.common import HELP_FORMATTER, add_override_argument, command_description
 from relground.config.data import DATASETS
 from relground.data.proposals import ProposalStore
 from relground.data.catalog import load_split
@@ -31,7 +32,7 @@ from relground.utils.logs import setup_logger
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate", help="Acc / PointIt / accuracy vs IoU of a checkpoint or a predictions file",
-        description=__doc__.split("\n\n")[1],
+        description=command_description(__doc__), formatter_class=HELP_FORMATTER,
     )
     model = p.add_argument_group("model mode")
     model.add_argument("--config", help="YAML config the checkpoint was trained with (default: the one stored in it)")
@@ -40,8 +41,7 @@ def register(subparsers) -> None:
                        help="where the model runs: auto (CUDA when available, else cpu), cpu, cuda, cuda:1 ...")
     model.add_argument("--batch-size", type=int, default=None,
                        help="(image, caption) pairs per batch (default: data.batch_size of the config)")
-    model.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="config override, repeatable (e.g. data.root=/data/flickr30k)")
+    add_override_argument(model)
     files = p.add_argument_group("file mode")
     files.add_argument("--predictions", help="predictions JSON: list of {image_id, sentence_index, first_word_index, box}")
     files.add_argument("--dataset", choices=DATASETS, help="dataset of the predictions")

@@ -6,11 +6,13 @@ import json
 import torch
 
 import relground
+from relground.cli.common import HELP_FORMATTER, command_description
 from relground.ops._cuda_arch import describe, runs_on
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("info", help="print how relground._C was built (JSON)")
+    p = subparsers.add_parser("info", help="print how relground._C was built (JSON)",
+                              description=command_description(__doc__), formatter_class=HELP_FORMATTER)
     p.set_defaults(func=run)
 
 

@@ -20,18 +20,19 @@ import json
 import os
 import sys
 
+from relground.cli.common import HELP_FORMATTER, add_override_argument, command_description
 from relground.config import load_config
 from relground.engine.defaults import train
 from relground.engine.weights import check_backbone_weights
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train ReIR from a YAML config", description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser("train", help="train ReIR from a YAML config", description=command_description(__doc__),
+                              formatter_class=HELP_FORMATTER)
     p.add_argument("--config", required=True,
                    help="YAML config file, or a shipped config name: synthetic.yaml, flickr30k_reir.yaml, "
                         "flickr30k_reir_authors.yaml, flickr30k_reir_paper.yaml, referit_reir.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, repeatable (e.g. solver.max_iter=200, model.top_k=3)")
+    add_override_argument(p)
     p.add_argument("--output", help="run folder (overrides output_dir of the config)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
     p.add_argument("--num-gpus", type=int, default=1, metavar="N",

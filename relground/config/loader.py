@@ -11,9 +11,10 @@ defaults::
 Loading checks every key and value against the dataclass fields: an unknown key is a ``ValueError`` that
 names it and suggests the closest valid keys; a value of the wrong type (``"abc"`` for a float, ``1.5``
 for an int) is a ``ValueError`` naming the key and the expected type. Command-line overrides use dotted
-keys and are parsed against the field's type (``--set solver.base_lr=1e-3 --set solver.steps=[100,200]
---set model.backbone_weights=none``). The result is frozen (``dataclasses.FrozenInstanceError`` on
-assignment); :func:`apply_overrides` returns a new config instead.
+keys, matched case-insensitively (``SOLVER.MAX_ITER``), and are parsed against the field's type (``--set
+solver.base_lr=1e-3 solver.steps=[100,200] model.backbone_weights=none``). Every number is checked against its
+range (:mod:`relground.config.ranges`; ``nan`` and ``inf`` are refused for every key). The result is frozen
+(``dataclasses.FrozenInstanceError`` on assignment); :func:`apply_overrides` returns a new config instead.
 
 Example::
 
@@ -34,6 +35,7 @@ import yaml
 
 from relground.config.data import DataConfig
 from relground.config.model import LossConfig, ModelConfig
+from relground.config.ranges import check_numeric_ranges
 from relground.config.schema import coerce, from_dict, is_dataclass_type, to_dict, type_hints, unknown_key_error, valid_keys
 from relground.config.solver import SolverConfig
 from relground.config.train import TrainConfig
@@ -66,6 +68,9 @@ class Config:
     output_dir: str = "outputs/run"
     name: str = ""
 
+    def __post_init__(self) -> None:
+        check_numeric_ranges(self)  # every number, before anything starts (relground.config.ranges)
+
     @property
     def loss(self) -> LossConfig:
         """The loss weights and schedules (stored as ``model.loss``, where the model reads them)."""
@@ -73,18 +78,22 @@ class Config:
 
 
 # ---------------------------------------------------------------------------------------------- overrides
-def _field_type(cls: type, dotted: str) -> Any:
-    """The annotation of ``dotted`` inside ``cls``; raises the unknown-key error."""
+def resolve_key(cls: type, dotted: str) -> tuple[str, Any]:
+    """The canonical spelling of ``dotted`` inside ``cls`` and its annotation. Keys match case-insensitively
+    (``SOLVER.MAX_ITER`` is ``solver.max_iter``, as a detectron2 user types it); raises the unknown-key error."""
     tp: Any = cls
     parts = dotted.split(".")
+    canonical = []
     for depth, part in enumerate(parts):
         hints = type_hints(tp) if is_dataclass_type(tp) else {}
-        if part not in hints or part.startswith("_"):
+        name = part if part in hints else {h.lower(): h for h in hints}.get(part.lower())
+        if name is None or name.startswith("_"):
             raise unknown_key_error(dotted, valid_keys(cls))
-        tp = hints[part]
+        canonical.append(name)
+        tp = hints[name]
         if depth < len(parts) - 1 and not is_dataclass_type(tp):
             raise unknown_key_error(dotted, valid_keys(cls))
-    return tp
+    return ".".join(canonical), tp
 
 
 def parse_value(text: str, tp: Any, key: str) -> Any:
@@ -149,7 +158,8 @@ def apply_overrides(cfg: Any, overrides: Sequence[str]) -> Any:
     cls = type(cfg)
     for override in overrides:
         key, text = _split_override(override)
-        _set_dotted(tree, key, to_dict(parse_value(text, _field_type(cls, key), key)))
+        key, tp = resolve_key(cls, key)
+        _set_dotted(tree, key, to_dict(parse_value(text, tp, key)))
     return from_dict(cls, tree)
 
 
@@ -251,8 +261,12 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
     return apply_overrides(cfg, overrides) if overrides else cfg
 
 
-def save_config(cfg: Any, path: str | os.PathLike) -> Path:
-    """Write ``cfg`` as YAML (every field, defaults included) so that ``load_config(path)`` rebuilds it."""
+def dump_config(cfg: Any) -> str:
+    """``cfg`` as YAML text, every field (defaults included), in the dataclasses' order."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
 
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+def save_config(cfg: Any, path: str | os.PathLike) -> Path:
+    """Write ``cfg`` as YAML (:func:`dump_config`) so that ``load_config(path)`` rebuilds it."""
+    text = dump_config(cfg)
     return atomic_write(path, lambda f: f.write(text.encode()))

@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Union
+
+
+class NonFiniteError(ValueError):
+    """A float key given ``nan`` or ``inf``."""
+
 
 def type_hints(cls: type) -> dict[str, Any]:
     """Resolved annotations of a dataclass (string annotations included)."""
@@ -49,6 +55,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 continue
             try:
                 return coerce(value, arg, key)
+            except NonFiniteError:
+                raise  # a float it is, just not a usable one: say so rather than "expected Optional[float]"
             except ValueError:
                 continue
         fail()
@@ -71,14 +79,19 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         fail()
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        fail()
+        if number is None:
+            fail()
+        if not math.isfinite(number):  # nan / inf are never a setting: training would die on them much later
+            raise NonFiniteError(f"config key '{key}': must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -119,14 +132,14 @@ def valid_keys(cls: type, prefix: str = "") -> list[str]:
 
 def unknown_key_error(key: str, candidates: Sequence[str]) -> ValueError:
     """An error naming ``key`` and up to three close valid keys (same section first, by spelling or substring)."""
-    parent, _, leaf = key.rpartition(".")
+    parent, _, leaf = key.lower().rpartition(".")  # keys are lower case: SOLVER.MAX_ITR suggests solver.max_iter
     siblings = {c.rpartition(".")[2]: c for c in candidates if c.rpartition(".")[0] == parent}
     if siblings:
         names = difflib.get_close_matches(leaf, list(siblings), n=3, cutoff=0.6)
         names += [n for n in siblings if (leaf in n or n in leaf) and n not in names]
         close = [siblings[n] for n in names[:3]]
     else:  # the section itself is misspelt
-        close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
+        close = difflib.get_close_matches(key.lower(), candidates, n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return ValueError(f"unknown config key '{key}'{hint}")
 

@@ -31,6 +31,7 @@ import h5py
 import numpy as np
 
 from relground.utils.errors import MissingEntryError
+from relground.utils.io import current_umask
 
 FORMAT_VERSION = 1
 # Detectors (and the bottom-up pickles) emit boxes a fraction of a pixel past the border after
@@ -143,7 +144,7 @@ def write_proposals(path, sets: Mapping[str, ProposalSet], class_names: Sequence
                 g.create_dataset("labels", data=proposals.labels.astype(np.int64), fletcher32=True)
                 g.attrs["width"] = proposals.width
                 g.attrs["height"] = proposals.height
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the proposals file is shared data
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; the proposals file is shared data
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

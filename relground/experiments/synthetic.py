@@ -46,7 +46,7 @@ def prepare_synthetic(out, num_images: int, seed: int = 0, multi_relation: float
     categories = None
     for split, images in splits.items():  # train first: it defines the categories
         relations = build_relations(images, parses, categories=categories, min_freq=SYNTHETIC_RELATION_MIN_FREQ)
-        categories = categories or [c["name"] for c in relations["categories"]]
+        categories = [c["name"] for c in relations["categories"]] if categories is None else categories
         (Path(out) / f"relations_{split}.json").write_text(json.dumps({**relations, "split": split}))
     props.update(relation_categories=len(categories), relation_seconds=round(time.perf_counter() - start, 2))
     return props

@@ -47,6 +47,7 @@ import logging
 import multiprocessing
 import os
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -418,9 +419,33 @@ def build_relations(
     }
 
 
+def empty_vocabulary_message(result: dict, min_freq: int) -> Optional[str]:
+    """What to say when :func:`build_relations` kept 0 categories (None when it kept some): the most frequent
+    relation text, its count, and the ``--min-freq`` that would keep it."""
+    if result["categories"]:
+        return None
+    counts = Counter(text for sentences in result["images"].values() for records in sentences.values()
+                     for record in records for text in record["text"].split("; "))
+    if not counts:
+        return (f"0 relation categories: the split has no relation between two grounded phrases "
+                f"({result['stats']['sentences']} sentences); training would have no relation classes")
+    (top, top_count), = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:1]
+    return (f"--min-freq {min_freq}: 0 relation categories: no relation text is seen more than {min_freq} times "
+            f"(the most frequent, {top!r}, {top_count} times, in {sum(counts.values())} relations); training would "
+            f"have no relation classes. Lower it: --min-freq {top_count - 1} keeps {top!r}")
+
+
 def load_categories(relations_file: str | os.PathLike) -> list[dict]:
-    """The ``categories`` list (``[{"name", "count"}]``) of a relations JSON file."""
+    """The ``categories`` list (``[{"name", "count"}]``) of a relations JSON file; a loud warning when it is empty
+    (a relation classifier without classes: the file was built with too high a ``--min-freq``)."""
     data = _read_relations_file(relations_file)
+    if not data["categories"]:
+        warnings.warn(
+            f"{relations_file}: 0 relation categories (built with --min-freq {data.get('min_freq')}): the relation "
+            "loss has no class to learn and data.num_relation_classes is used instead; rebuild the file with a lower "
+            "`relground data relations --min-freq`",
+            stacklevel=2,
+        )
     return data["categories"]
 
 

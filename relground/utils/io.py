@@ -19,6 +19,20 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """This process's umask, read without changing it where Linux shows it (``/proc/self/status``); elsewhere set
+    and restored at once (another thread creating a file in that instant would get the default mode)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write_fn) -> Path:
     """Write a file atomically: ``write_fn(binary file object)`` fills a temporary file that replaces ``path``.
 
@@ -32,6 +46,7 @@ def atomic_write(path: str | os.PathLike, write_fn) -> Path:
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a run's files follow the umask as open() would
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
             f.flush()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from relground.cli.main import main
 from relground.data.flickr30k import load_flickr30k
@@ -245,7 +246,7 @@ def test_ground_cli_with_and_without_proposals(tmp_path, capsys):
 def test_ground_cli_errors(tmp_path, capsys):
     assert main(["ground", "--checkpoint", str(tmp_path), "--image", str(tmp_path / "none.jpg"), "--caption", "a dog"]) == 2
     assert "none.jpg" in capsys.readouterr().err
-    (tmp_path / "img.png").write_bytes(b"")
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")  # a readable image: the checkpoint is what is missing
     assert main(["ground", "--checkpoint", str(tmp_path / "nowhere"), "--image", str(tmp_path / "img.png"),
                  "--caption", "a dog"]) == 2
     assert "nowhere" in capsys.readouterr().err
