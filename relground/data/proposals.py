@@ -30,6 +30,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 import h5py
 import numpy as np
 
+from relground.utils.env import resolve_device
 from relground.utils.errors import MissingEntryError
 
 FORMAT_VERSION = 1
@@ -345,6 +346,7 @@ def detect_proposals(
     from torchvision.models import detection
     from torchvision.transforms.v2 import functional as F
 
+    device = resolve_device(str(device), "--device")  # a named error before the detector is built
     weights = Path(weights)
     if not weights.is_file():
         raise FileNotFoundError(f"detector weights not found: {weights}")

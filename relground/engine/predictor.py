@@ -25,6 +25,7 @@ from relground.engine.defaults import build_loader, build_model, load_model_weig
 from relground.evaluation.evaluator import load_twins
 from relground.evaluation.inference import evaluate_model
 from relground.structures.records import ImageAnnotation
+from relground.utils.env import resolve_device
 
 
 def resolve_checkpoint(path) -> Path:
@@ -57,7 +58,7 @@ class TrainedModel:
     def __init__(
         self, model: torch.nn.Module, cfg: Config, model_args: dict[str, Any], device: Union[str, torch.device] = "cpu"
     ):
-        self.device = torch.device(device)
+        self.device = resolve_device(str(device), "device")  # a named error for 'tpu' or a missing GPU
         self.model = model.to(self.device).eval()
         self.cfg = cfg
         self.model_args = model_args
@@ -73,6 +74,7 @@ class TrainedModel:
             FileNotFoundError: no checkpoint there.
             ValueError: not a relground checkpoint, or one without ``config`` / ``model_args``.
         """
+        resolve_device(str(device), "device")  # before the (slow) load
         path = resolve_checkpoint(checkpoint)
         state = load_checkpoint(path, map_location="cpu")  # CheckpointError (ValueError) naming a damaged file
         if config is None:
