@@ -26,7 +26,10 @@ def register(subparsers) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, repeatable (e.g. solver.max_iter=200, model.top_k=3)")
     p.add_argument("--output", help="run folder (overrides output_dir of the config)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in the run folder; stops when it has none")
+    p.add_argument("--fresh-if-no-checkpoint", action="store_true",
+                   help="with --resume: start a new run when the run folder does not exist or holds no checkpoint")
     p.set_defaults(func=run)
 
 
@@ -34,7 +37,7 @@ def run(args) -> int:
     overrides = list(args.overrides) + ([f"output_dir={args.output}"] if args.output else [])
     cfg = load_config(args.config, overrides)
     try:
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume, fresh_if_no_checkpoint=args.fresh_if_no_checkpoint)
     except FloatingPointError as exc:  # the NaN guard: a clear message, the last good checkpoint is kept
         print(f"relground train: error: {exc}", file=sys.stderr)
         return 1

@@ -25,6 +25,7 @@ from typing import Optional
 
 from relground.language.captions import parse_markup
 from relground.structures.records import Box, ImageAnnotation, PhraseAnnotation, SentenceAnnotation
+from relground.utils.paths import expect_file, expect_folder
 
 logger = logging.getLogger(__name__)
 
@@ -179,11 +180,8 @@ def parse_sentences(path, chain_boxes: dict[str, list[Box]], chains: Optional[se
         chains (set[str], optional): every chain named in the XML; when given, a phrase of another chain
             (other than the not-visual chain ``0``) is an error. The release has none (checked on all splits).
     """
-    path = Path(path)
-    try:
-        lines = read_text_lines(path, "the sentences file")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"sentences file not found: {path}") from None
+    path = expect_file(path, "sentences file")
+    lines = read_text_lines(path, "the sentences file")
     if lines and lines[-1].endswith("\r"):  # CRLF file: the release uses LF
         lines = [line.rstrip("\r") for line in lines]
     if lines and lines[-1] == "":  # the newline that ends the file
@@ -217,9 +215,7 @@ def parse_sentences(path, chain_boxes: dict[str, list[Box]], chains: Optional[se
 def load_image(root, image_id: str, image_path: Optional[str] = None) -> ImageAnnotation:
     """Read one image's annotation XML and sentences."""
     root = Path(root)
-    xml_path = root / "Annotations" / f"{image_id}.xml"
-    if not xml_path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {xml_path}")
+    xml_path = expect_file(root / "Annotations" / f"{image_id}.xml", "annotation file")
     width, height, chain_boxes, chains = parse_annotation_xml(xml_path)
     sentences = parse_sentences(root / "Sentences" / f"{image_id}.txt", chain_boxes, chains)
     return ImageAnnotation(image_id, width, height, sentences, chain_boxes, image_path)
@@ -227,9 +223,7 @@ def load_image(root, image_id: str, image_path: Optional[str] = None) -> ImageAn
 
 def read_split(root, split: str) -> list[str]:
     """Image ids listed in ``ROOT/<split>.txt`` (order kept)."""
-    path = Path(root) / f"{split}.txt"
-    if not path.is_file():
-        raise FileNotFoundError(f"split list not found: {path} (split={split!r})")
+    path = expect_file(Path(root) / f"{split}.txt", "split list", f"split={split!r}")
     ids = [line.strip() for line in read_text_lines(path, "the split list") if line.strip()]
     if not ids:
         raise ValueError(f"{path}: split list {split!r} is empty (expected one image id per line)")
@@ -255,7 +249,7 @@ def _load_one(args: tuple[str, str, Optional[str], bool, str]):
             return load_image(root, image_id, image_path), None
         except FileNotFoundError as e:  # also name the list that asked for it (a damaged split file lists bad ids)
             raise FileNotFoundError(f"{e} (image id {image_id!r} listed in {split_file})") from None
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # ValueError: also a path of the wrong kind (a folder)
         if not skip_invalid:
             raise
         return None, str(e)
@@ -287,9 +281,7 @@ def load_flickr30k(
         >>> sum(p.grounded for im in images for s in im.sentences for p in s.phrases)  # doctest: +SKIP
         14481
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset root not found: {root}")
+    root = expect_folder(root, "dataset root (data.root)")
     ids = read_split(root, split)
     paths = _image_paths(root)
     split_file = str(root / f"{split}.txt")

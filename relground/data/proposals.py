@@ -32,6 +32,7 @@ import numpy as np
 
 from relground.utils.env import resolve_device
 from relground.utils.errors import MissingEntryError
+from relground.utils.paths import expect_file
 
 FORMAT_VERSION = 1
 # Detectors (and the bottom-up pickles) emit boxes a fraction of a pixel past the border after
@@ -176,9 +177,7 @@ class ProposalStore:
     """
 
     def __init__(self, path) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"proposals file not found: {self.path}")
+        self.path = expect_file(path, "proposals file", "data.proposals / --proposals")
         self._file: Optional[h5py.File] = None
         self._pid: Optional[int] = None
         f = self._handle()

@@ -58,6 +58,7 @@ from relground.structures.records import (
     RelationAnnotation,
     SentenceAnnotation,
 )
+from relground.utils.paths import expect_file
 
 logger = logging.getLogger(__name__)
 
@@ -425,9 +426,7 @@ def load_categories(relations_file: str | os.PathLike) -> list[dict]:
 
 
 def _read_relations_file(relations_file: str | os.PathLike) -> dict:
-    path = Path(relations_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"relations file not found: {path}")
+    path = expect_file(relations_file, "relations file", "data.relations")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
