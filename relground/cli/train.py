@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 from relground.config import load_config
@@ -43,6 +44,6 @@ def run(args) -> int:
         return 1
     if os.environ.get("RANK", "0") == "0":  # torchrun's rank; the process group is gone by now
         print(json.dumps(result, sort_keys=True))
-    if result["status"] == "interrupted":
-        return 128 + int(result["signal"])
+    if result["status"] == "interrupted":  # every rank: the group agreed on the signal (SIGTERM if none is known)
+        return 128 + int(result.get("signal") or signal.SIGTERM)
     return 0
