@@ -32,6 +32,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from relground.config.consistency import check_top_k_fits
 from relground.config.data import DataConfig
 from relground.config.model import LossConfig, ModelConfig
 from relground.config.schema import coerce, from_dict, is_dataclass_type, to_dict, type_hints, unknown_key_error, valid_keys
@@ -65,6 +66,9 @@ class Config:
     seed: int = 10
     output_dir: str = "outputs/run"
     name: str = ""
+
+    def __post_init__(self) -> None:
+        check_top_k_fits(self)  # keys of two sections: relground.config.consistency
 
     @property
     def loss(self) -> LossConfig:

@@ -75,9 +75,14 @@ def _xml_int(element: ET.Element, tag: str, path: Path) -> int:
     if child is None or child.text is None:
         raise ValueError(f"{path}: <{element.tag}> has no <{tag}>")
     try:
-        return int(float(child.text))
+        value = float(child.text)
+        number = int(value)
     except (ValueError, OverflowError):  # "abc", "nan", "inf"
         raise ValueError(f"{path}: <{element.tag}>/<{tag}> is not a finite number: {child.text!r}") from None
+    if number != value:  # the release's coordinates are whole pixels: 110.5 would be cut to 110 silently
+        raise ValueError(f"{path}: <{element.tag}>/<{tag}> is not a whole number of pixels: {child.text!r} (the "
+                         "Flickr30K Entities layout stores integers; round it in the file)")
+    return number
 
 
 def _parse_xml(path: Path) -> ET.Element:
@@ -164,7 +169,7 @@ def read_text_lines(path: Path, what: str) -> list[str]:
     """Lines of a UTF-8 text file; ``ValueError`` naming the file and line of the first undecodable byte."""
     data = path.read_bytes()
     try:
-        return data.decode("utf-8").split("\n")
+        return data.decode("utf-8-sig").split("\n")  # a leading byte-order mark (Windows editors) is not text
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise ValueError(f"{path}:{line}: {what} is not UTF-8 text (byte {data[e.start:e.start + 1]!r} at offset "
@@ -221,16 +226,33 @@ def load_image(root, image_id: str, image_path: Optional[str] = None) -> ImageAn
     return ImageAnnotation(image_id, width, height, sentences, chain_boxes, image_path)
 
 
-def read_split(root, split: str) -> list[str]:
-    """Image ids listed in ``ROOT/<split>.txt`` (order kept)."""
+def read_split(root, split: str, skip_invalid: bool = False, report: Optional[SkipReport] = None) -> list[str]:
+    """Image ids listed in ``ROOT/<split>.txt`` (order kept).
+
+    An id listed twice is an error naming both lines (each image would be sampled twice), or with
+    ``skip_invalid`` its repeats are dropped and counted in ``report``.
+    """
     path = expect_file(Path(root) / f"{split}.txt", "split list", f"split={split!r}")
-    ids = [line.strip() for line in read_text_lines(path, "the split list") if line.strip()]
-    if not ids:
+    numbered = [(n + 1, line.strip()) for n, line in enumerate(read_text_lines(path, "the split list")) if line.strip()]
+    if not numbered:
         raise ValueError(f"{path}: split list {split!r} is empty (expected one image id per line)")
-    for image_id in ids:
+    first_line: dict[str, int] = {}
+    ids = []
+    for line_number, image_id in numbered:
         if not _SAFE_ID.match(image_id):
             raise ValueError(f"{path}: split list {split!r}: {image_id!r} is not an image id (expected a file stem "
                              "such as 1000092795)")
+        if image_id in first_line:
+            reason = (f"{path}:{line_number}: image id {image_id!r} is listed again (first on line "
+                      f"{first_line[image_id]}); each image would be sampled twice. Remove the repeat, or set "
+                      "data.skip_invalid=true to drop repeats")
+            if not skip_invalid:
+                raise ValueError(reason)
+            if report is not None:
+                report.skipped.append((image_id, reason))
+            continue
+        first_line[image_id] = line_number
+        ids.append(image_id)
     return ids
 
 
@@ -282,7 +304,8 @@ def load_flickr30k(
         14481
     """
     root = expect_folder(root, "dataset root (data.root)")
-    ids = read_split(root, split)
+    report = report if report is not None else SkipReport()
+    ids = read_split(root, split, skip_invalid, report)
     paths = _image_paths(root)
     split_file = str(root / f"{split}.txt")
     jobs = [(str(root), image_id, paths.get(image_id), skip_invalid, split_file) for image_id in ids]
@@ -295,7 +318,6 @@ def load_flickr30k(
     else:
         results = [_load_one(job) for job in jobs]
     images = []
-    report = report if report is not None else SkipReport()
     for image_id, (image, reason) in zip(ids, results):
         if image is None:
             report.skipped.append((image_id, reason))

@@ -106,6 +106,22 @@ def validate_proposals(proposals: ProposalSet, image_id: str, source: str, num_c
             raise ValueError(f"{where}, row {row}: {what}: box={b[row].tolist()} label={int(proposals.labels[row])}")
 
 
+def check_integers(values, where: str, what: str, rows: bool = False, tolerance: float = 0.0) -> None:
+    """``values`` hold whole numbers (an integer dtype, or floats within ``tolerance`` of one); else a ``ValueError``
+    naming ``where``, the first bad row (``rows``) and value: the readers cast them to integers."""
+    values = np.asarray(values)
+    if values.dtype.kind in "iub":
+        return
+    if values.dtype.kind != "f":
+        raise ValueError(f"{where}: {what}s must be integers, got dtype {values.dtype}")
+    bad = np.flatnonzero(~np.isfinite(values) | (np.abs(values - np.round(values)) > tolerance))
+    if bad.size:
+        row = int(bad[0])
+        at = f", row {row}" if rows else ""
+        raise ValueError(f"{where}{at}: {what} {values.reshape(-1)[row]!r} is not a whole number (stored as "
+                         f"{values.dtype}; it would be cut to an integer); write integer {what}s")
+
+
 def _sha256(text) -> str:
     return hashlib.sha256(str(text).encode("utf-8")).hexdigest()
 
@@ -239,10 +255,14 @@ class ProposalStore:
             raise MissingEntryError(f"{self.path}: no proposals for image id {key!r}")
         try:
             g = images[key]
-            proposals = ProposalSet(g["boxes"][()], g["scores"][()], g["labels"][()], g.attrs["width"], g.attrs["height"])
+            labels, width, height = g["labels"][()], g.attrs["width"], g.attrs["height"]
+            proposals = ProposalSet(g["boxes"][()], g["scores"][()], labels, width, height)
         except (OSError, KeyError, ValueError, TypeError) as e:  # h5py read error, missing dataset/attr, bad shape
             raise ValueError(f"{self.path}: image {key!r}: damaged proposals entry (expected datasets boxes [M, 4], "
                              f"scores [M], labels [M] and attrs width, height): {type(e).__name__}: {e}") from None
+        # ProposalSet casts to int64: a label 4.5 (or a width 640.5) would be cut without a word
+        check_integers(labels, f"{self.path}: image {key!r}", "label", rows=True)
+        check_integers(np.asarray([width, height], dtype=np.float64), f"{self.path}: image {key!r}", "attr width/height")
         validate_proposals(proposals, key, str(self.path), num_classes=len(self.class_names))
         return proposals
 
@@ -301,6 +321,8 @@ def convert_bottom_up(
             raise ValueError(f"{pickle_path}: image {key!r}: no image size known (is it in the dataset root?)")
         width, height = image_sizes[key]
         rows = rows[:max_proposals]
+        # the pickle's [N, 6] float array holds the labels: float noise is rounded, a fraction is an error
+        check_integers(rows[:, 5], f"{pickle_path}: image {key!r}", "label (column 5)", rows=True, tolerance=1e-3)
         proposals = ProposalSet(rows[:, :4], rows[:, 4], rows[:, 5].round().astype(np.int64), width, height)
         validate_proposals(proposals, key, str(pickle_path), num_classes=len(class_names))
         sets[key] = proposals

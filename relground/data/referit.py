@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from relground.structures.records import ImageAnnotation, PhraseAnnotation, SentenceAnnotation
+from relground.utils.jsonfile import DuplicateKeyError, load_json_strict
 from relground.utils.paths import expect_file
 
 QUERY_FILE = "referit_query_{split}.json"
@@ -52,7 +53,9 @@ def read_json(path: Path):
     expect_file(path, "ReferIt file")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return load_json_strict(f)  # an imcrop or image given twice is named
+    except DuplicateKeyError as e:
+        raise ValueError(f"{path}: {e}") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: broken JSON: {e}") from None
     except UnicodeDecodeError as e:
