@@ -37,6 +37,7 @@ from relground.config.data import DataConfig
 from relground.config.model import LossConfig, ModelConfig
 from relground.config.schema import coerce, from_dict, is_dataclass_type, to_dict, type_hints, unknown_key_error, valid_keys
 from relground.config.solver import SolverConfig
+from relground.config.strict_yaml import safe_load_strict
 from relground.config.train import TrainConfig
 from relground.utils.io import atomic_write
 
@@ -215,7 +216,7 @@ def load_yaml_tree(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> di
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        tree = safe_load_strict(path.read_text(encoding="utf-8")) or {}  # a key given twice is an error
     except UnicodeDecodeError as exc:
         line = path.read_bytes().count(b"\n", 0, exc.start) + 1
         raise ValueError(f"{path}:{line}: not UTF-8 text (byte offset {exc.start}: {exc.reason}); expected a YAML "

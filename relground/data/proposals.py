@@ -106,6 +106,23 @@ def validate_proposals(proposals: ProposalSet, image_id: str, source: str, num_c
             raise ValueError(f"{where}, row {row}: {what}: box={b[row].tolist()} label={int(proposals.labels[row])}")
 
 
+def proposals_for_image(
+    proposals: ProposalSet, width: int, height: int, image: str, source: str, num_classes: Optional[int] = None
+) -> ProposalSet:
+    """``proposals`` checked against the image they are used with: made for its size (``width`` x ``height``
+    pixels), every row valid (:func:`validate_proposals`, labels below ``num_classes`` when given). Boxes made for
+    another image size would land in the wrong place without a word.
+
+    Raises:
+        ValueError: naming ``source``, ``image`` and both sizes (or the bad row).
+    """
+    if (proposals.width, proposals.height) != (width, height):
+        raise ValueError(f"{source}: the proposals are for a {proposals.width}x{proposals.height} image but {image} is "
+                         f"{width}x{height} pixels; use proposals made for this image (or --image-id of its entry)")
+    validate_proposals(proposals, image, source, num_classes)
+    return proposals
+
+
 def check_integers(values, where: str, what: str, rows: bool = False, tolerance: float = 0.0) -> None:
     """``values`` hold whole numbers (an integer dtype, or floats within ``tolerance`` of one); else a ``ValueError``
     naming ``where``, the first bad row (``rows``) and value: the readers cast them to integers."""
