@@ -135,8 +135,8 @@ def check_integers(values, where: str, what: str, rows: bool = False, tolerance:
     if bad.size:
         row = int(bad[0])
         at = f", row {row}" if rows else ""
-        raise ValueError(f"{where}{at}: {what} {values.reshape(-1)[row]!r} is not a whole number (stored as "
-                         f"{values.dtype}; it would be cut to an integer); write integer {what}s")
+        raise ValueError(f"{where}{at}: {what} {values.reshape(-1)[row].item():g} is not a whole number (stored as "
+                         f"{values.dtype}; reading would cut it to an integer); store whole numbers")
 
 
 def _sha256(text) -> str:
