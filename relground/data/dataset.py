@@ -3,6 +3,10 @@
 One item is one caption of one image. Only *grounded* phrases (chain with a box) are used: they are the
 ones the field evaluates, and in training the model sees their words only: ``gt_boxes`` travel in the batch
 for evaluation and never reach a loss.
+
+Over 400 lines because the dataset checks every file it will read when it is built (proposals, image headers,
+relation categories: a bad file stops a run before iteration 0) and those checks need its state; the checks that
+do not live in :mod:`relground.data.checks`.
 """
 from __future__ import annotations
 
@@ -137,8 +141,7 @@ class GroundingDataset(Dataset):
         """Every image's proposals and image header, before training; drops (and reports) or raises."""
         problems = []
         for image in self.images:
-            reason = relation_problem(image, self.num_relation_classes, self.relations_file)
-            reason = reason or self.proposal_problem(image)
+            reason = relation_problem(image, self.num_relation_classes, self.relations_file) or self.proposal_problem(image)
             if reason is None and (self.load_images or self.image_dir or image.image_path):
                 reason = image_file_problem(self.image_dir, image)
             if reason is not None:

@@ -331,9 +331,8 @@ def check_cuda_graph(cfg: Config) -> None:
         raise ValueError("train.cuda_graph needs " + "; ".join(problems))
 
 
-def train(
-    cfg: Config, *, resume: bool = False, hooks: Sequence[HookBase] = (), fresh_if_no_checkpoint: bool = False
-) -> dict[str, Any]:
+def train(cfg: Config, *, resume: bool = False, hooks: Sequence[HookBase] = (),
+          fresh_if_no_checkpoint: bool = False) -> dict[str, Any]:
     """Build the model and data from ``cfg``, train (resuming when asked) and return the result.
 
     Initialises ``torch.distributed`` when launched by torchrun, writes ``<output_dir>/config.yaml``
@@ -359,8 +358,7 @@ def train(
     check_cuda_graph(cfg)
     output_dir = Path(cfg.output_dir)
     check_output_dir(output_dir)
-    # torchrun --max-restarts restarted the group after a worker died: continue from the last checkpoint
-    restarted = du.restarted_by_torchrun()  # it may have died before the first checkpoint: then fresh
+    restarted = du.restarted_by_torchrun()  # torchrun --max-restarts after a worker died: resume (fresh if none yet)
     resume, fresh_if_no_checkpoint = resume or restarted, fresh_if_no_checkpoint or restarted
     config_path = output_dir / "config.yaml"
     if not resume and Checkpointer(output_dir / "checkpoints").latest() is not None:

@@ -471,9 +471,10 @@ def _relation_record(record, where: str, num_phrases: int, num_categories: int) 
         raise ValueError(f"{where}: phrase index out of range in {record} (the sentence has {num_phrases} phrase(s))")
     outside = [c for c in categories if c >= num_categories]
     if outside:
+        valid = f"indices 0..{num_categories - 1}" if num_categories else "its 'categories' list is empty"
         raise ValueError(f"{where}: relation category {outside[0]} outside the file's {num_categories} categories "
-                         f"(indices 0..{num_categories - 1}) in {record!r}; rebuild the file with `relground data "
-                         "relations`, or set data.skip_invalid=true to leave the image out")
+                         f"({valid}) in {record!r}; rebuild the file with `relground data relations`, or set "
+                         "data.skip_invalid=true to leave the image out")
     return RelationAnnotation(subject, obj, text, tuple(categories))
 
 
