@@ -141,6 +141,15 @@ def test_a_run_folder_entry_of_the_wrong_kind_stops_train_before_anything(case_i
     assert folder_hashes(tmp_path) == before
 
 
+@pytest.mark.parametrize("command", ["demo", "ablation"])
+def test_an_experiment_out_that_is_a_file_is_named_before_anything(command, tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    code, _, err = run_cli([command, "--out", str(tmp_path / "f" / "sub"), "--images", "10", "--iterations", "1"], capsys)
+    assert re.search(r"f: --out \(a parent of .*sub\) is a file, not a folder; choose another folder",
+                     one_error_line(code, err, command))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
 READER_CASES = [  # (case id, path under the dataset root replaced by a folder / a file, regex)
     ("split-list-is-a-folder", "test.txt", r"test\.txt: split list is a folder, not a file"),
     ("annotation-is-a-folder", f"Annotations/{TEST_IMAGE}.xml", rf"{TEST_IMAGE}\.xml: annotation file is a folder"),
