@@ -194,7 +194,8 @@ def test_resume_without_a_checkpoint_stops_unless_asked_to_start_fresh(case_id, 
     out = tmp_path / "out"
     make(out)
     before = folder_hashes(tmp_path)
-    argv = ["train", "--config", "synthetic.yaml", "--output", str(out), "--resume", "--set", f"data.root={bench}"]
+    argv = ["train", "--config", "synthetic.yaml", "--output", str(out), "--resume", "--set", f"data.root={bench}",
+            "--set", "solver.max_iter=1"]  # short, should a run start after all
     line = one_error_line(*run_cli(argv, capsys)[::2], "train")
     assert re.search(expected, line) and "--fresh-if-no-checkpoint" in line, line
     assert folder_hashes(tmp_path) == before and out.exists() == (case_id != "no-folder")
