@@ -25,7 +25,7 @@ from PIL import Image
 
 from relground.data.collate import collate_grounding
 from relground.data.dataset import GroundingDataset
-from relground.data.proposals import ProposalSet, sliding_windows
+from relground.data.proposals import ProposalSet, proposals_for_image, sliding_windows
 from relground.data.transforms import transform_image
 from relground.engine.defaults import num_relation_classes
 from relground.engine.predictor import TrainedModel, resolve_checkpoint
@@ -178,6 +178,9 @@ class Grounder:
         if not labelled:
             boxes = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
             proposals = ProposalSet(boxes, np.ones(len(boxes)), np.zeros(len(boxes)), width, height)
+        name = str(image) if isinstance(image, (str, Path)) else "the image"
+        classes = len(self.trained.model_args["class_names"]) if labelled else None
+        proposals = proposals_for_image(proposals, width, height, name, "proposals", classes)  # size, rows, labels
         if len(proposals) == 0:
             raise ValueError("proposals: no boxes for this image")
 

@@ -11,7 +11,7 @@ import sys
 
 from relground import __version__
 from relground.cli import ablation, benchmark, config, data, demo, evaluate, ground, info, train
-from relground.utils.errors import MissingEntryError
+from relground.utils.errors import MissingEntryError, WriteError
 
 SUBCOMMANDS = {"data": data, "train": train, "evaluate": evaluate, "ground": ground, "demo": demo,
                "ablation": ablation, "info": info, "benchmark": benchmark, "config": config}
@@ -56,9 +56,10 @@ def main(argv: list[str] | None = None) -> int:
 
 # Bad input (a file, a config value, a checkpoint): the readers and loaders raise these with a message naming the
 # file and what was expected (ValueError covers CheckpointError, UnicodeDecodeError and json's errors; the OSErrors
-# a path that cannot be opened). Anything else, a bare KeyError or a full disk included, is a bug or an environment
-# problem and keeps its traceback.
-USER_ERRORS = (ValueError, MissingEntryError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+# a path that cannot be opened). Anything else, a bare KeyError included, is a bug or an environment
+# problem and keeps its traceback; a full disk during an atomic write (WriteError) is named in one line.
+USER_ERRORS = (ValueError, MissingEntryError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+               WriteError)
 
 
 def error_message(exc: BaseException) -> str:

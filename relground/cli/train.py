@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 from relground.cli.common import HELP_FORMATTER, add_override_argument, command_description
@@ -34,7 +35,10 @@ def register(subparsers) -> None:
                         "flickr30k_reir_authors.yaml, flickr30k_reir_paper.yaml, referit_reir.yaml")
     add_override_argument(p)
     p.add_argument("--output", help="run folder (overrides output_dir of the config)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in the run folder; stops when it has none")
+    p.add_argument("--fresh-if-no-checkpoint", action="store_true",
+                   help="with --resume: start a new run when the run folder does not exist or holds no checkpoint")
     p.add_argument("--num-gpus", type=int, default=1, metavar="N",
                    help="processes on this machine, one per GPU (default 1; without a GPU: N CPU processes, Gloo)")
     p.set_defaults(func=run)
@@ -108,19 +112,19 @@ def _train_argv(args) -> list[str]:
         argv += ["--set", override]
     if args.output:
         argv += ["--output", args.output]
-    return argv + (["--resume"] if args.resume else [])
+    return argv + (["--resume"] if args.resume else []) + (["--fresh-if-no-checkpoint"] if args.fresh_if_no_checkpoint else [])
 
 
 def train_here(args) -> int:
     overrides = list(args.overrides) + ([f"output_dir={args.output}"] if args.output else [])
     cfg = load_config(args.config, overrides)
     try:
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume, fresh_if_no_checkpoint=args.fresh_if_no_checkpoint)
     except FloatingPointError as exc:  # the NaN guard: a clear message, the last good checkpoint is kept
         print(f"relground train: error: {exc}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") == "0":  # torchrun's rank; the process group is gone by now
         print(json.dumps(result, sort_keys=True))
-    if result["status"] == "interrupted":
-        return 128 + int(result["signal"])
+    if result["status"] == "interrupted":  # every rank: the group agreed on the signal (SIGTERM if none is known)
+        return 128 + int(result.get("signal") or signal.SIGTERM)
     return 0

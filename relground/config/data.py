@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from relground.config.templates import DATA_PLACEHOLDERS, check_path_template
+
 DATASETS = ("flickr30k", "referit", "synthetic")
 PIXEL_FORMATS = ("caffe_bgr", "torchvision")
 LOADERS = ("auto", "pil", "dali", "torchvision")
@@ -97,6 +99,8 @@ class DataConfig:
             raise ValueError(f"data.num_workers: must be >= 0, got {self.num_workers}")
         if self.image_bucket < 0:
             raise ValueError(f"data.image_bucket: must be >= 0 (0 = no image padding), got {self.image_bucket}")
+        for name in ("proposals", "relations"):  # filled in only when a file is opened: checked now
+            check_path_template(f"data.{name}", getattr(self, name), DATA_PLACEHOLDERS)
 
     def proposals_path(self, split: str) -> str:
         return self.proposals.format(root=self.root, split=split, dataset=self.dataset)

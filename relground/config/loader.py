@@ -33,11 +33,13 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from relground.config.consistency import check_top_k_fits
 from relground.config.data import DataConfig
 from relground.config.model import LossConfig, ModelConfig
 from relground.config.ranges import check_numeric_ranges
 from relground.config.schema import coerce, from_dict, is_dataclass_type, to_dict, type_hints, unknown_key_error, valid_keys
 from relground.config.solver import SolverConfig
+from relground.config.strict_yaml import safe_load_strict
 from relground.config.train import TrainConfig
 from relground.utils.io import atomic_write
 
@@ -70,6 +72,7 @@ class Config:
 
     def __post_init__(self) -> None:
         check_numeric_ranges(self)  # every number, before anything starts (relground.config.ranges)
+        check_top_k_fits(self)  # keys of two sections: relground.config.consistency
 
     @property
     def loss(self) -> LossConfig:
@@ -221,7 +224,7 @@ def load_yaml_tree(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> di
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        tree = safe_load_strict(path.read_text(encoding="utf-8")) or {}  # a key given twice is an error
     except UnicodeDecodeError as exc:
         line = path.read_bytes().count(b"\n", 0, exc.start) + 1
         raise ValueError(f"{path}:{line}: not UTF-8 text (byte offset {exc.start}: {exc.reason}); expected a YAML "

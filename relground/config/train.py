@@ -6,6 +6,8 @@ from typing import Literal, Optional
 
 import torch
 
+from relground.utils.env import parse_device
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -80,8 +82,7 @@ class TrainConfig:
         for name in ("accumulation_steps", "checkpoint_period", "keep_checkpoints", "log_period"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.device != "auto" and torch.device(self.device).type not in ("cpu", "cuda"):
-            raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
+        parse_device(self.device, "train.device", allow_auto=True)  # before torch.device below reads it
         if self.cuda_graph:
             if self.device != "auto" and torch.device(self.device).type != "cuda":
                 raise ValueError(f"train.cuda_graph needs a CUDA device, got train.device={self.device!r}")

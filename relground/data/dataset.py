@@ -3,6 +3,10 @@
 One item is one caption of one image. Only *grounded* phrases (chain with a box) are used: they are the
 ones the field evaluates, and in training the model sees their words only: ``gt_boxes`` travel in the batch
 for evaluation and never reach a loss.
+
+Over 400 lines because the dataset checks every file it will read when it is built (proposals, image headers,
+relation categories: a bad file stops a run before iteration 0) and those checks need its state; the checks that
+do not live in :mod:`relground.data.checks`.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from relground.config.data import DataConfig
 from relground.data.catalog import load_split
 from relground.data.aspect_grouping import build_batch_sampler
+from relground.data.checks import attach_checked_relations, check_max_proposals, relation_problem
 from relground.data.collate import GroundingCollate, GroundingItem, collate_grounding
 from relground.data.dali import (
     DaliGroundingLoader,  # imports nvidia.dali only when a DALI loader is built
@@ -30,7 +35,6 @@ from relground.data.loader_choice import choose_loader
 from relground.data.proposals import ProposalStore, validate_proposals
 from relground.data.samplers import ResumableDistributedSampler
 from relground.data.transforms import resize_scale, resized_size, transform_image
-from relground.language.relations import attach_relations
 from relground.language.vocab import tokenize
 from relground.structures.records import ImageAnnotation, SentenceAnnotation
 from relground.utils.errors import MissingEntryError
@@ -83,6 +87,7 @@ class GroundingDataset(Dataset):
             training starts. Default False (:func:`build_dataset` turns it on).
         skip_invalid (bool): with ``check_files``, leave out images that fail a check (counted and named in
             ``skip_report`` and a warning) instead of raising. Default False.
+        relations_file (str, optional): the relations' file, named when a category is outside [0, C_r).
 
     Raises:
         KeyError: an image has no proposals (names the file and the image id).
@@ -106,6 +111,7 @@ class GroundingDataset(Dataset):
         check_files: bool = False,
         skip_invalid: bool = False,
         raw_images: Optional[str] = None,
+        relations_file: Optional[str] = None,
     ) -> None:
         if raw_images not in RAW_IMAGES:
             raise ValueError(f"raw_images: {raw_images!r} is not one of {RAW_IMAGES}")
@@ -122,6 +128,8 @@ class GroundingDataset(Dataset):
         self.num_relation_classes = num_relation_classes
         self.load_images = load_images
         self.image_dir = image_dir
+        self.relations_file = relations_file
+        self.most_proposals = 0  # the largest proposal count of one image (set by the file checks)
         missing = [im.image_id for im in self.images if im.image_id not in proposals]
         if missing:
             source = getattr(proposals, "path", "proposals")
@@ -135,12 +143,13 @@ class GroundingDataset(Dataset):
         """Every image's proposals and image header, before training; drops (and reports) or raises."""
         problems = []
         for image in self.images:
-            reason = self.proposal_problem(image)
+            reason = relation_problem(image, self.num_relation_classes, self.relations_file) or self.proposal_problem(image)
             if reason is None and (self.load_images or self.image_dir or image.image_path):
                 reason = image_file_problem(self.image_dir, image)
             if reason is not None:
                 problems.append((image.image_id, reason))
         if not problems:
+            check_max_proposals(self.max_proposals, self.most_proposals, getattr(self.proposals, "path", "proposals"))
             return
         self.skip_report.skipped.extend(problems)
         if not skip_invalid:
@@ -152,6 +161,7 @@ class GroundingDataset(Dataset):
         logger.warning("%s", self.skip_report.summary())
         if not self.images:
             raise ValueError(f"every image was left out: {self.skip_report.summary()}")
+        check_max_proposals(self.max_proposals, self.most_proposals, getattr(self.proposals, "path", "proposals"))
 
     def proposal_problem(self, image: ImageAnnotation) -> Optional[str]:
         """Why ``image``'s proposals cannot be used (named), or None."""
@@ -161,6 +171,7 @@ class GroundingDataset(Dataset):
             validate_proposals(stored, image.image_id, source)
         except (ValueError, KeyError, OSError) as e:
             return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        self.most_proposals = max(self.most_proposals, len(stored))
         if (stored.width, stored.height) != (image.width, image.height):
             return (f"{source}: image {image.image_id!r}: proposals are for a {stored.width}x{stored.height} image "
                     f"but the annotation says {image.width}x{image.height}")
@@ -309,7 +320,7 @@ def load_annotations(cfg: DataConfig, split: str) -> list[ImageAnnotation]:
     images = load_split(cfg.dataset, cfg.root, split, skip_invalid=cfg.skip_invalid)
     relations = cfg.relations_path(split)
     if relations:
-        attach_relations(images, relations)
+        images = attach_checked_relations(images, relations, split, cfg.skip_invalid)
     return images
 
 
@@ -335,6 +346,7 @@ def build_dataset(cfg: DataConfig, split: str, caption_vocab, phrase_vocab, cate
         image_dir=cfg.images or None,
         check_files=True,
         skip_invalid=cfg.skip_invalid,
+        relations_file=cfg.relations_path(split) or None,
     )
 
 

@@ -25,6 +25,7 @@ from typing import Optional
 
 from relground.language.captions import parse_markup
 from relground.structures.records import Box, ImageAnnotation, PhraseAnnotation, SentenceAnnotation
+from relground.utils.paths import expect_file, expect_folder
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +75,14 @@ def _xml_int(element: ET.Element, tag: str, path: Path) -> int:
     if child is None or child.text is None:
         raise ValueError(f"{path}: <{element.tag}> has no <{tag}>")
     try:
-        return int(float(child.text))
+        value = float(child.text)
+        number = int(value)
     except (ValueError, OverflowError):  # "abc", "nan", "inf"
         raise ValueError(f"{path}: <{element.tag}>/<{tag}> is not a finite number: {child.text!r}") from None
+    if number != value:  # the release's coordinates are whole pixels: 110.5 would be cut to 110 silently
+        raise ValueError(f"{path}: <{element.tag}>/<{tag}> is not a whole number of pixels: {child.text!r} (the "
+                         "Flickr30K Entities layout stores integers; round it in the file)")
+    return number
 
 
 def _parse_xml(path: Path) -> ET.Element:
@@ -163,7 +169,7 @@ def read_text_lines(path: Path, what: str) -> list[str]:
     """Lines of a UTF-8 text file; ``ValueError`` naming the file and line of the first undecodable byte."""
     data = path.read_bytes()
     try:
-        return data.decode("utf-8").split("\n")
+        return data.decode("utf-8-sig").split("\n")  # a leading byte-order mark (Windows editors) is not text
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise ValueError(f"{path}:{line}: {what} is not UTF-8 text (byte {data[e.start:e.start + 1]!r} at offset "
@@ -179,11 +185,8 @@ def parse_sentences(path, chain_boxes: dict[str, list[Box]], chains: Optional[se
         chains (set[str], optional): every chain named in the XML; when given, a phrase of another chain
             (other than the not-visual chain ``0``) is an error. The release has none (checked on all splits).
     """
-    path = Path(path)
-    try:
-        lines = read_text_lines(path, "the sentences file")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"sentences file not found: {path}") from None
+    path = expect_file(path, "sentences file")
+    lines = read_text_lines(path, "the sentences file")
     if lines and lines[-1].endswith("\r"):  # CRLF file: the release uses LF
         lines = [line.rstrip("\r") for line in lines]
     if lines and lines[-1] == "":  # the newline that ends the file
@@ -217,26 +220,39 @@ def parse_sentences(path, chain_boxes: dict[str, list[Box]], chains: Optional[se
 def load_image(root, image_id: str, image_path: Optional[str] = None) -> ImageAnnotation:
     """Read one image's annotation XML and sentences."""
     root = Path(root)
-    xml_path = root / "Annotations" / f"{image_id}.xml"
-    if not xml_path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {xml_path}")
+    xml_path = expect_file(root / "Annotations" / f"{image_id}.xml", "annotation file")
     width, height, chain_boxes, chains = parse_annotation_xml(xml_path)
     sentences = parse_sentences(root / "Sentences" / f"{image_id}.txt", chain_boxes, chains)
     return ImageAnnotation(image_id, width, height, sentences, chain_boxes, image_path)
 
 
-def read_split(root, split: str) -> list[str]:
-    """Image ids listed in ``ROOT/<split>.txt`` (order kept)."""
-    path = Path(root) / f"{split}.txt"
-    if not path.is_file():
-        raise FileNotFoundError(f"split list not found: {path} (split={split!r})")
-    ids = [line.strip() for line in read_text_lines(path, "the split list") if line.strip()]
-    if not ids:
+def read_split(root, split: str, skip_invalid: bool = False, report: Optional[SkipReport] = None) -> list[str]:
+    """Image ids listed in ``ROOT/<split>.txt`` (order kept).
+
+    An id listed twice is an error naming both lines (each image would be sampled twice), or with
+    ``skip_invalid`` its repeats are dropped and counted in ``report``.
+    """
+    path = expect_file(Path(root) / f"{split}.txt", "split list", f"split={split!r}")
+    numbered = [(n + 1, line.strip()) for n, line in enumerate(read_text_lines(path, "the split list")) if line.strip()]
+    if not numbered:
         raise ValueError(f"{path}: split list {split!r} is empty (expected one image id per line)")
-    for image_id in ids:
+    first_line: dict[str, int] = {}
+    ids = []
+    for line_number, image_id in numbered:
         if not _SAFE_ID.match(image_id):
             raise ValueError(f"{path}: split list {split!r}: {image_id!r} is not an image id (expected a file stem "
                              "such as 1000092795)")
+        if image_id in first_line:
+            reason = (f"{path}:{line_number}: image id {image_id!r} is listed again (first on line "
+                      f"{first_line[image_id]}); each image would be sampled twice. Remove the repeat, or set "
+                      "data.skip_invalid=true to drop repeats")
+            if not skip_invalid:
+                raise ValueError(reason)
+            if report is not None:
+                report.skipped.append((image_id, reason))
+            continue
+        first_line[image_id] = line_number
+        ids.append(image_id)
     return ids
 
 
@@ -255,7 +271,7 @@ def _load_one(args: tuple[str, str, Optional[str], bool, str]):
             return load_image(root, image_id, image_path), None
         except FileNotFoundError as e:  # also name the list that asked for it (a damaged split file lists bad ids)
             raise FileNotFoundError(f"{e} (image id {image_id!r} listed in {split_file})") from None
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # ValueError: also a path of the wrong kind (a folder)
         if not skip_invalid:
             raise
         return None, str(e)
@@ -287,10 +303,9 @@ def load_flickr30k(
         >>> sum(p.grounded for im in images for s in im.sentences for p in s.phrases)  # doctest: +SKIP
         14481
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset root not found: {root}")
-    ids = read_split(root, split)
+    root = expect_folder(root, "dataset root (data.root)")
+    report = report if report is not None else SkipReport()
+    ids = read_split(root, split, skip_invalid, report)
     paths = _image_paths(root)
     split_file = str(root / f"{split}.txt")
     jobs = [(str(root), image_id, paths.get(image_id), skip_invalid, split_file) for image_id in ids]
@@ -303,7 +318,6 @@ def load_flickr30k(
     else:
         results = [_load_one(job) for job in jobs]
     images = []
-    report = report if report is not None else SkipReport()
     for image_id, (image, reason) in zip(ids, results):
         if image is None:
             report.skipped.append((image_id, reason))

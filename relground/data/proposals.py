@@ -30,8 +30,10 @@ from typing import Iterable, Mapping, Optional, Sequence
 import h5py
 import numpy as np
 
+from relground.utils.env import resolve_device
 from relground.utils.errors import MissingEntryError
 from relground.utils.io import current_umask
+from relground.utils.paths import expect_file
 
 FORMAT_VERSION = 1
 # Detectors (and the bottom-up pickles) emit boxes a fraction of a pixel past the border after
@@ -105,6 +107,39 @@ def validate_proposals(proposals: ProposalSet, image_id: str, source: str, num_c
             raise ValueError(f"{where}, row {row}: {what}: box={b[row].tolist()} label={int(proposals.labels[row])}")
 
 
+def proposals_for_image(
+    proposals: ProposalSet, width: int, height: int, image: str, source: str, num_classes: Optional[int] = None
+) -> ProposalSet:
+    """``proposals`` checked against the image they are used with: made for its size (``width`` x ``height``
+    pixels), every row valid (:func:`validate_proposals`, labels below ``num_classes`` when given). Boxes made for
+    another image size would land in the wrong place without a word.
+
+    Raises:
+        ValueError: naming ``source``, ``image`` and both sizes (or the bad row).
+    """
+    if (proposals.width, proposals.height) != (width, height):
+        raise ValueError(f"{source}: the proposals are for a {proposals.width}x{proposals.height} image but {image} is "
+                         f"{width}x{height} pixels; use proposals made for this image (or --image-id of its entry)")
+    validate_proposals(proposals, image, source, num_classes)
+    return proposals
+
+
+def check_integers(values, where: str, what: str, rows: bool = False, tolerance: float = 0.0) -> None:
+    """``values`` hold whole numbers (an integer dtype, or floats within ``tolerance`` of one); else a ``ValueError``
+    naming ``where``, the first bad row (``rows``) and value: the readers cast them to integers."""
+    values = np.asarray(values)
+    if values.dtype.kind in "iub":
+        return
+    if values.dtype.kind != "f":
+        raise ValueError(f"{where}: {what}s must be integers, got dtype {values.dtype}")
+    bad = np.flatnonzero(~np.isfinite(values) | (np.abs(values - np.round(values)) > tolerance))
+    if bad.size:
+        row = int(bad[0])
+        at = f", row {row}" if rows else ""
+        raise ValueError(f"{where}{at}: {what} {values.reshape(-1)[row].item():g} is not a whole number (stored as "
+                         f"{values.dtype}; reading would cut it to an integer); store whole numbers")
+
+
 def _sha256(text) -> str:
     return hashlib.sha256(str(text).encode("utf-8")).hexdigest()
 
@@ -176,9 +211,7 @@ class ProposalStore:
     """
 
     def __init__(self, path) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"proposals file not found: {self.path}")
+        self.path = expect_file(path, "proposals file", "data.proposals / --proposals")
         self._file: Optional[h5py.File] = None
         self._pid: Optional[int] = None
         f = self._handle()
@@ -240,10 +273,14 @@ class ProposalStore:
             raise MissingEntryError(f"{self.path}: no proposals for image id {key!r}")
         try:
             g = images[key]
-            proposals = ProposalSet(g["boxes"][()], g["scores"][()], g["labels"][()], g.attrs["width"], g.attrs["height"])
+            labels, width, height = g["labels"][()], g.attrs["width"], g.attrs["height"]
+            proposals = ProposalSet(g["boxes"][()], g["scores"][()], labels, width, height)
         except (OSError, KeyError, ValueError, TypeError) as e:  # h5py read error, missing dataset/attr, bad shape
             raise ValueError(f"{self.path}: image {key!r}: damaged proposals entry (expected datasets boxes [M, 4], "
                              f"scores [M], labels [M] and attrs width, height): {type(e).__name__}: {e}") from None
+        # ProposalSet casts to int64: a label 4.5 (or a width 640.5) would be cut without a word
+        check_integers(labels, f"{self.path}: image {key!r}", "label", rows=True)
+        check_integers(np.asarray([width, height], dtype=np.float64), f"{self.path}: image {key!r}", "attr width/height")
         validate_proposals(proposals, key, str(self.path), num_classes=len(self.class_names))
         return proposals
 
@@ -302,6 +339,8 @@ def convert_bottom_up(
             raise ValueError(f"{pickle_path}: image {key!r}: no image size known (is it in the dataset root?)")
         width, height = image_sizes[key]
         rows = rows[:max_proposals]
+        # the pickle's [N, 6] float array holds the labels: float noise is rounded, a fraction is an error
+        check_integers(rows[:, 5], f"{pickle_path}: image {key!r}", "label (column 5)", rows=True, tolerance=1e-3)
         proposals = ProposalSet(rows[:, :4], rows[:, 4], rows[:, 5].round().astype(np.int64), width, height)
         validate_proposals(proposals, key, str(pickle_path), num_classes=len(class_names))
         sets[key] = proposals
@@ -346,6 +385,7 @@ def detect_proposals(
     from torchvision.models import detection
     from torchvision.transforms.v2 import functional as F
 
+    device = resolve_device(str(device), "--device")  # a named error before the detector is built
     weights = Path(weights)
     if not weights.is_file():
         raise FileNotFoundError(f"detector weights not found: {weights}")

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Optional
 
 from relground.structures.records import ImageAnnotation, PhraseAnnotation, SentenceAnnotation
+from relground.utils.jsonfile import DuplicateKeyError, load_json_strict
+from relground.utils.paths import expect_file
 
 QUERY_FILE = "referit_query_{split}.json"
 BBOX_FILE = "referit_bbox.json"
@@ -48,11 +50,12 @@ def find_referit_dir(root) -> Path:
 
 def read_json(path: Path):
     """A ReferIt JSON file; ``FileNotFoundError`` / ``ValueError`` naming it when missing, broken or not UTF-8."""
-    if not path.is_file():
-        raise FileNotFoundError(f"ReferIt file not found: {path}")
+    expect_file(path, "ReferIt file")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return load_json_strict(f)  # an imcrop or image given twice is named
+    except DuplicateKeyError as e:
+        raise ValueError(f"{path}: {e}") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: broken JSON: {e}") from None
     except UnicodeDecodeError as e:

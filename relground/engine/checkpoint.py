@@ -27,6 +27,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
+from relground.utils.errors import WriteError
 from relground.utils.io import TMP_PREFIX, atomic_torch_save
 
 CHECKPOINT_PATTERN = re.compile(r"^model_(\d+)\.pth$")
@@ -206,13 +207,19 @@ class Checkpointer:
 
         Raises:
             FloatingPointError: the model state is not finite (nothing is written).
+            WriteError: the disk refused the write (full, quota, ``ulimit -f``); names the newest intact checkpoint.
         """
         assert_finite_state(state["model"])
         self.directory.mkdir(parents=True, exist_ok=True)
         if keep_final_of is not None:
             self.archive_final(keep_final_of)
         path = self.directory / (FINAL_NAME if final else f"model_{iteration:07d}.pth")
-        atomic_torch_save(state, path)
+        try:
+            atomic_torch_save(state, path)
+        except WriteError as e:  # disk full: name the checkpoint a resume would continue from
+            previous = self.latest()
+            kept = f"the newest intact checkpoint is {previous}" if previous else "no earlier checkpoint exists"
+            raise WriteError(f"{e}; {kept} (--resume continues from it)") from None
         if keep_final_of is not None and not final:
             (self.directory / FINAL_NAME).unlink(missing_ok=True)  # the archive holds it
         self._prune()

@@ -49,6 +49,7 @@ from relground.engine.checkpoint import (
 from relground.engine.cuda_graph import MAX_GRAPHS
 from relground.engine.eval_hook import EvalHook
 from relground.engine.hooks import HookBase
+from relground.engine.run_folder import check_output_dir, nothing_to_resume
 from relground.engine.solver import per_process_batch_size
 from relground.engine.trainer import Trainer
 from relground.engine.weights import check_backbone_weights, without_weight_file
@@ -366,7 +367,8 @@ def check_cuda_graph(cfg: Config) -> None:
         raise ValueError("train.cuda_graph needs " + "; ".join(problems))
 
 
-def train(cfg: Config, *, resume: bool = False, hooks: Sequence[HookBase] = ()) -> dict[str, Any]:
+def train(cfg: Config, *, resume: bool = False, hooks: Sequence[HookBase] = (),
+          fresh_if_no_checkpoint: bool = False) -> dict[str, Any]:
     """Build the model and data from ``cfg``, train (resuming when asked) and return the result.
 
     Initialises ``torch.distributed`` when launched by torchrun, writes ``<output_dir>/config.yaml``
@@ -374,10 +376,11 @@ def train(cfg: Config, *, resume: bool = False, hooks: Sequence[HookBase] = ()) 
 
     Args:
         cfg: a frozen :class:`relground.config.Config`.
-        resume: continue from the newest checkpoint in ``cfg.output_dir`` (starts fresh when there is none).
-            Implied when torchrun restarted the process group (``TORCHELASTIC_RESTART_COUNT`` > 0, after a worker
-            died with ``--max-restarts``): the group continues the run it was running, from its last checkpoint.
+        resume: continue from the newest checkpoint in ``cfg.output_dir`` (none there: an error, unless
+            ``fresh_if_no_checkpoint``). Implied when torchrun restarted the process group (``TORCHELASTIC_RESTART_COUNT``
+            > 0, after a worker died with ``--max-restarts``): the group continues from its last checkpoint, if any.
         hooks: extra hooks (e.g. periodic evaluation), run after the default ones.
+        fresh_if_no_checkpoint: with ``resume``, start fresh when there is nothing to resume.
 
     Returns:
         :meth:`Trainer.train`'s dict plus ``config`` (path of the saved YAML).
@@ -389,14 +392,17 @@ def train(cfg: Config, *, resume: bool = False, hooks: Sequence[HookBase] = ()) 
         FloatingPointError: a loss became NaN/inf (the last good checkpoint is kept and named).
     """
     check_cuda_graph(cfg)
-    # torchrun --max-restarts restarted the group after a worker died: continue from the last checkpoint
-    resume = resume or du.restarted_by_torchrun()
     output_dir = Path(cfg.output_dir)
+    check_output_dir(output_dir)
+    restarted = du.restarted_by_torchrun()  # torchrun --max-restarts after a worker died: resume (fresh if none yet)
+    resume, fresh_if_no_checkpoint = resume or restarted, fresh_if_no_checkpoint or restarted
     config_path = output_dir / "config.yaml"
     if not resume and Checkpointer(output_dir / "checkpoints").latest() is not None:
         raise ValueError(f"output_dir {output_dir} already holds checkpoints; resume it (--resume) or choose another folder")
     # Checked before anything is built or written: a resume that cannot work leaves the run folder as it was.
     resume_path, resume_state = load_resume_checkpoint(cfg) if resume else (None, None)
+    if resume and resume_path is None and not fresh_if_no_checkpoint:
+        raise ValueError(nothing_to_resume(output_dir))
     if resume_state is None:
         check_backbone_weights(cfg)  # a resumed run takes every backbone tensor from its checkpoint
     device = resolve_device(cfg.train.device)

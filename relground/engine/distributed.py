@@ -133,6 +133,18 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def stop_signal_of_group(signum: Optional[int]) -> int:
+    """The signal that stops the group: the largest signal number any rank received (0: none). Every rank must
+    call it together; a rank that received none then reports the signal that stopped the others, so every rank
+    ends with the same exit status (``128 + signal``)."""
+    value = torch.tensor([int(signum or 0)], dtype=torch.int64)
+    if is_distributed():
+        if dist.get_backend() == "nccl":
+            value = value.cuda()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value.item())
+
+
 def reduce_dict_mean(values: Mapping[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
     """Mean of each scalar over ranks (every rank must pass the same keys). Used for logging only."""
     if not is_distributed() or not values:

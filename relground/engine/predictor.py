@@ -68,7 +68,7 @@ class TrainedModel:
         device: Union[str, torch.device] = "auto", *, amp: str = "auto",
         checkpoint: Optional[Path] = None, iteration: Optional[int] = None,
     ):
-        self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        self.device = resolve_device(device, "device") if isinstance(device, str) else torch.device(device)
         self.amp_dtype = resolve_amp_dtype(amp, self.device)
         self.model = model.to(self.device).eval()
         self.cfg = cfg
@@ -89,6 +89,7 @@ class TrainedModel:
             FileNotFoundError: no checkpoint there.
             ValueError: not a relground checkpoint, or one without ``config`` / ``model_args``.
         """
+        resolve_device(str(device), "device")  # before the (slow) load
         path = resolve_checkpoint(checkpoint)
         state = load_checkpoint(path, map_location="cpu")  # CheckpointError (ValueError) naming a damaged file
         if config is None:

@@ -350,7 +350,10 @@ class Trainer:
                 f"{where} at iteration {self.iter}; {when}. "
                 + (f"The last good checkpoint is {good} (nothing newer was written)." if good else "No checkpoint was written.")
             )
-        return flags[width] > 0, totals
+        stop = flags[width] > 0
+        if stop and du.is_distributed():  # every rank sees the same flag, so all take part; one not signalled
+            self._stop_signal = du.stop_signal_of_group(self._stop_signal)  # reports the signal that stopped the group
+        return stop, totals
 
     def _check_batch_size(self, size: int) -> int:
         """The first batch must hold ``solver.ims_per_batch / (world size x accumulation steps)`` items (when set)."""

@@ -10,6 +10,8 @@ import math
 from collections.abc import Mapping, Sequence
 
 from relground.evaluation.evaluator import PhraseKey, phrase_key
+from relground.utils.jsonfile import DuplicateKeyError, load_json_strict
+from relground.utils.paths import expect_file
 
 
 def load_predictions(path) -> dict[PhraseKey, list[float]]:
@@ -23,11 +25,14 @@ def load_predictions(path) -> dict[PhraseKey, list[float]]:
         ValueError: not JSON, not a list, or an entry with a missing / mistyped field or a repeated key;
             the message names the file, the entry index and the field.
     """
-    with open(path, encoding="utf-8") as f:  # FileNotFoundError names the file
+    expect_file(path, "predictions file", "--predictions")
+    with open(path, encoding="utf-8") as f:
         try:
-            entries = json.load(f)
+            entries = load_json_strict(f)  # a key given twice (`box`) is an error, not "the last one wins"
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        except DuplicateKeyError as exc:
+            raise ValueError(f"{path}: entry {exc}") from None  # "entry [3]: key 'box' is given twice ..."
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a JSON list of predictions, got {type(entries).__name__}")
     predictions: dict[PhraseKey, list[float]] = {}

@@ -28,6 +28,7 @@ from typing import Any, Optional
 from relground.config import to_dict
 from relground.experiments.demo import DEFAULT_IMAGES  # same benchmark size as the demo
 from relground.experiments.synthetic import prepare_synthetic, synthetic_config, train_and_evaluate
+from relground.utils.paths import check_can_create_folder
 
 # The demo's schedule, so the rows compare with its numbers. Run two processes with disjoint --rows and the same
 # --out (finished runs are reused), one core each: 4-5 minutes per training of a two-stage model at K = 10, 27
@@ -112,7 +113,7 @@ def run_ablation(
             raise ValueError(f"{flag}: must be positive, got {value}")
     plan = _run_plan(seeds, data_seed, data_seeds)
     start = time.perf_counter()
-    out = Path(out)
+    out = check_can_create_folder(out, "--out", "choose another folder")  # before anything is generated
     for data, seed_of_data, _, _ in plan:
         data = out / data
         if not (data / "synthetic.json").is_file() or _data_args(data) != (images, seed_of_data, multi_relation):

@@ -19,6 +19,7 @@ from relground.engine.predictor import TrainedModel
 from relground.evaluation.evaluator import phrase_key
 from relground.evaluation.visualize import draw_groundings, plot_accuracy_vs_iou
 from relground.experiments.synthetic import prepare_synthetic, synthetic_config, train_and_evaluate
+from relground.utils.paths import check_can_create_folder
 
 # Sized for < 10 minutes on 2 CPU cores (generation + 2 trainings + 2 evaluations); docs/results.md has the
 # measured times. 1000 images: the decoder memorises 160 training images' phrases instead of learning to look.
@@ -69,7 +70,7 @@ def run_demo(
         if value <= 0:
             raise ValueError(f"{flag}: must be positive, got {value}")
     start = time.perf_counter()
-    out = Path(out)
+    out = check_can_create_folder(out, "--out", "choose another folder")  # before the benchmark is generated
     data = out / "data"
     props = prepare_synthetic(data, num_images=images, seed=seed)
     log(f"synthetic benchmark: {images} images in {props['seconds']:.1f} s, relations "

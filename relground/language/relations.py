@@ -59,6 +59,8 @@ from relground.structures.records import (
     RelationAnnotation,
     SentenceAnnotation,
 )
+from relground.utils.jsonfile import DuplicateKeyError, load_json_strict
+from relground.utils.paths import expect_file
 
 logger = logging.getLogger(__name__)
 
@@ -450,12 +452,12 @@ def load_categories(relations_file: str | os.PathLike) -> list[dict]:
 
 
 def _read_relations_file(relations_file: str | os.PathLike) -> dict:
-    path = Path(relations_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"relations file not found: {path}")
+    path = expect_file(relations_file, "relations file", "data.relations")
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            data = load_json_strict(f)  # duplicated keys (an image or sentence given twice) are named
+    except DuplicateKeyError as e:
+        raise ValueError(f"{path}: {e}") from None
     except json.JSONDecodeError as e:  # truncated or edited by hand
         raise ValueError(f"{path}: broken JSON at line {e.lineno}, column {e.colno}: {e.msg} "
                          "(expected the JSON written by `relground data relations`)") from None
@@ -477,48 +479,87 @@ def _read_relations_file(relations_file: str | os.PathLike) -> dict:
     return data
 
 
-def _relation_record(record, relations_file, image_id: str, sentence_index: int, num_phrases: int) -> RelationAnnotation:
-    """One relation of the file as a :class:`RelationAnnotation`; ``ValueError`` naming the file, image and
-    sentence when a field is missing, of the wrong type or a phrase index is out of range."""
-    where = f"{relations_file}: image {image_id!r} sentence {sentence_index}"
+def _relation_record(record, where: str, num_phrases: int, num_categories: int) -> RelationAnnotation:
+    """One relation of the file as a :class:`RelationAnnotation`; ``ValueError`` naming ``where`` (file, image,
+    sentence) when a field is missing or of the wrong type, or an index points outside the sentence's phrases
+    or the file's categories."""
     try:
         subject, obj, text, categories = record["subject"], record["object"], record["text"], record["categories"]
     except (KeyError, TypeError):
         raise ValueError(f"{where}: expected a relation {{subject, object, text, categories}}, got {record!r}") from None
-    if not (isinstance(subject, int) and isinstance(obj, int) and isinstance(text, str)
-            and isinstance(categories, list) and all(isinstance(c, int) and c >= 0 for c in categories)):
-        raise ValueError(f"{where}: relation fields of the wrong type in {record!r}")
+    integers = [subject, obj, *categories] if isinstance(categories, list) else []
+    if not (all(isinstance(v, int) and not isinstance(v, bool) for v in integers) and isinstance(text, str)
+            and isinstance(categories, list) and all(c >= 0 for c in categories)):
+        raise ValueError(f"{where}: relation fields of the wrong type in {record!r} (subject and object are phrase "
+                         "indices, categories a list of category indices: integers >= 0)")
     if not (0 <= subject < num_phrases and 0 <= obj < num_phrases):
-        raise ValueError(f"{where}: phrase index out of range in {record}")
+        raise ValueError(f"{where}: phrase index out of range in {record} (the sentence has {num_phrases} phrase(s))")
+    outside = [c for c in categories if c >= num_categories]
+    if outside:
+        valid = f"indices 0..{num_categories - 1}" if num_categories else "its 'categories' list is empty"
+        raise ValueError(f"{where}: relation category {outside[0]} outside the file's {num_categories} categories "
+                         f"({valid}) in {record!r}; rebuild the file with `relground data relations`, or set "
+                         "data.skip_invalid=true to leave the image out")
     return RelationAnnotation(subject, obj, text, tuple(categories))
 
 
-def attach_relations(images: Sequence[ImageAnnotation], relations_file: str | os.PathLike) -> None:
+def _image_relations(image: ImageAnnotation, entry, relations_file, num_categories: int) -> list[list[RelationAnnotation]]:
+    """The relations of each of ``image``'s sentences from its entry in the file (``ValueError`` naming the first
+    problem: a missing or extra sentence, a bad relation)."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{relations_file}: no relations for image {image.image_id!r} (built for another split?)")
+    indices = {str(sentence.sentence_index) for sentence in image.sentences}
+    extra = sorted(set(entry) - indices, key=lambda k: (len(k), k))
+    if extra:  # a sentence the annotations do not have (the reverse is an error too, below)
+        raise ValueError(f"{relations_file}: image {image.image_id!r}: relations for sentence {extra[0]!r}, which "
+                         f"does not exist (the sentences file has {len(image.sentences)}: 0..{len(image.sentences) - 1}); "
+                         "was the file built from other annotations? Rebuild it with `relground data relations`")
+    per_sentence = []
+    for sentence in image.sentences:
+        records = entry.get(str(sentence.sentence_index))
+        where = f"{relations_file}: image {image.image_id!r} sentence {sentence.sentence_index}"
+        if records is None:
+            raise ValueError(f"{relations_file}: image {image.image_id!r} has no sentence {sentence.sentence_index}")
+        if not isinstance(records, list):
+            raise ValueError(f"{where}: expected a list of relations, got {type(records).__name__}")
+        per_sentence.append([_relation_record(r, where, len(sentence.phrases), num_categories) for r in records])
+    return per_sentence
+
+
+def attach_relations(
+    images: Sequence[ImageAnnotation], relations_file: str | os.PathLike, skip_invalid: bool = False
+) -> list[tuple[str, str]]:
     """Fill ``SentenceAnnotation.relations`` in place from a ``relground data relations`` JSON file.
+
+    Every relation is checked here, when the split is loaded (before any training): field types, phrase indices
+    inside the sentence, category indices inside the file's ``categories``, sentence indices that exist.
 
     Args:
         images (Sequence[ImageAnnotation]): the split the file was built from (or a subset of it).
         relations_file (str | PathLike): the JSON written by ``relground data relations``.
+        skip_invalid (bool): an image whose relations fail a check is not raised about but returned (its
+            sentences get no relations); the caller leaves it out (``data.skip_invalid``). Default False.
+
+    Returns:
+        ``[(image_id, reason)]`` of the images that failed a check (empty unless ``skip_invalid``).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: an image or sentence is missing from the file, or a phrase index is out of range.
+        ValueError: an image or sentence is missing from the file or not in the annotations, an index is out of
+            range (naming the file, image and sentence).
     """
     data = _read_relations_file(relations_file)
     per_image = data["images"]
+    num_categories = len(data["categories"])
+    problems = []
     for image in images:
-        if image.image_id not in per_image or not isinstance(per_image[image.image_id], dict):
-            raise ValueError(f"{relations_file}: no relations for image {image.image_id!r} (built for another split?)")
-        for sentence in image.sentences:
-            records = per_image[image.image_id].get(str(sentence.sentence_index))
-            if records is None:
-                raise ValueError(
-                    f"{relations_file}: image {image.image_id!r} has no sentence {sentence.sentence_index}"
-                )
-            if not isinstance(records, list):
-                raise ValueError(f"{relations_file}: image {image.image_id!r} sentence {sentence.sentence_index}: "
-                                 f"expected a list of relations, got {type(records).__name__}")
-            sentence.relations = [
-                _relation_record(r, relations_file, image.image_id, sentence.sentence_index, len(sentence.phrases))
-                for r in records
-            ]
+        try:
+            per_sentence = _image_relations(image, per_image.get(image.image_id), relations_file, num_categories)
+        except ValueError as e:
+            if not skip_invalid:
+                raise
+            problems.append((image.image_id, str(e)))
+            continue
+        for sentence, relations in zip(image.sentences, per_sentence):
+            sentence.relations = relations
+    return problems

@@ -69,6 +69,7 @@ def roi_align_avg(
         # torchvision only here: `import relground.ops` loads no third-party module but torch.
         from torchvision.ops._utils import check_roi_boxes_shape, convert_boxes_to_roi_format
 
+        _check_box_list(rois, input)
         check_roi_boxes_shape(rois)
         rois = convert_boxes_to_roi_format(rois)
     check_same_device("roi_align_avg", input=input, rois=rois)
@@ -79,6 +80,23 @@ def roi_align_avg(
     return torch.ops.relground.roi_align_avg(
         input, rois, pooled_height, pooled_width, float(spatial_scale), int(sampling_ratio), bool(aligned)
     )
+
+
+def _check_box_list(rois, input: Tensor) -> None:
+    """A per-image box list must give one Tensor[L_i, 4] for each of ``input``'s N images, at least one (an empty
+    list would reach ``torch.cat``; more lists than images would point past the batch)."""
+    n = input.shape[0] if isinstance(input, Tensor) and input.dim() == 4 else None
+    if len(rois) == 0:
+        raise ValueError("relground.ops.roi_align_avg: `rois` is an empty list; pass one Tensor[L_i, 4] of boxes per "
+                         f"image of `input` ({'N=' + str(n) if n is not None else 'N'} of them, L_i may be 0), or a "
+                         "Tensor[K, 5] (K may be 0)")
+    bad = next((i for i, boxes in enumerate(rois) if not isinstance(boxes, Tensor)), None)
+    if bad is not None:
+        raise ValueError(f"relground.ops.roi_align_avg: `rois[{bad}]` is a {type(rois[bad]).__name__}, expected a "
+                         "Tensor[L_i, 4] of boxes")
+    if n is not None and len(rois) > n:
+        raise ValueError(f"relground.ops.roi_align_avg: `rois` has {len(rois)} box lists but `input` holds {n} "
+                         "image(s); pass one list per image")
 
 
 def _is_channels_last(input: Tensor) -> bool:

@@ -11,3 +11,11 @@ class MissingEntryError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "missing entry"
+
+
+class WriteError(OSError):
+    """A file could not be written for lack of room (disk full, quota, ``ulimit -f``); the message names the file and
+    says what was kept. Printed in one line by the command line."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "write refused"

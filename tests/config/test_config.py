@@ -202,7 +202,7 @@ def test_train_cli_builds_the_config_and_maps_the_result_to_an_exit_code(tmp_pat
 
     seen = {}
 
-    def fake_train(cfg, resume=False, hooks=()):
+    def fake_train(cfg, resume=False, hooks=(), **options):
         seen.update(cfg=cfg, resume=resume)
         return {"status": "interrupted", "signal": int(signal.SIGTERM), "iteration": 3}
 
