@@ -34,7 +34,7 @@ def test_every_command_help_holds_its_whole_description(capsys, command):
 def test_evaluate_help_shows_both_modes_and_ground_help_describes_its_phrases(capsys):
     evaluate = words(help_text(capsys, ["evaluate"]))
     assert "Two modes:" in evaluate
-    assert "* model: relground evaluate --config C --checkpoint K" in evaluate
+    assert "* model: relground evaluate --checkpoint K" in evaluate
     assert "* file: relground evaluate --dataset flickr30k --root DIR" in evaluate
     assert "--plot PNG draws accuracy vs IoU threshold" in evaluate
     ground = words(help_text(capsys, ["ground"]))
