@@ -208,6 +208,7 @@ def test_resume_without_a_checkpoint_stops_unless_asked_to_start_fresh(case_id, 
 # ------------------------------------------------------------------------------------------ full disk
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_save_names_the_file_and_the_intact_checkpoint(run, bench, tmp_path, monkeypatch):
     """The save of iteration 2 fails with ENOSPC: one message naming model_0000002.pth and the intact
     model_0000001.pth, no temporary file, and a resume ends bit-identical to the uninterrupted run."""
@@ -238,6 +239,7 @@ def test_a_full_disk_during_a_save_names_the_file_and_the_intact_checkpoint(run,
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_during_a_save_is_one_line_from_the_cli(fresh_run, bench):
     """A real limit (``ulimit -f``, as the battery did): torch's C++ writer fails, the CLI names the file."""
     before = {p.name: p.read_bytes() for p in (fresh_run / "checkpoints").iterdir()}

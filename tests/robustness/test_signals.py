@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -51,6 +53,7 @@ def _wait_for_training(output: Path, processes: list[subprocess.Popen], logs) ->
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_sigterm_to_rank_0_stops_every_rank_cleanly(bench, tmp_path):
     output = tmp_path / "run"
     port = _free_port()
@@ -85,6 +88,7 @@ def _worker_of_rank(agent_pid: int, rank: int) -> int:
     raise AssertionError(f"no worker of rank {rank} under torchrun {agent_pid}")
 
 
+@pytest.mark.slow
 def test_sigterm_to_rank_0_under_torchrun_leaves_no_traceback_on_any_rank(bench, tmp_path):
     output, logs = tmp_path / "run", tmp_path / "logs"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
