@@ -160,7 +160,7 @@ class DeviceBatches:
 
         def produce() -> None:
             try:
-                if cuda:
+                if cuda and self.device.index is not None:  # a new thread starts on device 0
                     torch.cuda.set_device(self.device)
                 for batch in batches:
                     event = None
