@@ -123,6 +123,8 @@ class DeviceBatches:
         self.loader = loader
         self.min_size, self.max_size, self.pixel_format = min_size, max_size, pixel_format
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # the prefetch thread needs the index
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.background = self.device.type == "cuda" if background is None else background
         self.ahead = max(1, ahead)
 
@@ -160,7 +162,7 @@ class DeviceBatches:
 
         def produce() -> None:
             try:
-                if cuda:
+                if cuda:  # a new thread starts on device 0
                     torch.cuda.set_device(self.device)
                 for batch in batches:
                     event = None

@@ -191,3 +191,22 @@ def test_auto_loader_choice():
     assert choose_loader("pil", cuda=True, dali="2.4.0")[0] == "pil"
     with pytest.raises(ValueError, match="data.loader: 'dali' needs NVIDIA DALI"):
         choose_loader("dali", cuda=True, dali=None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (DALI mixed decoding, nvJPEG, prefetch thread)")
+def test_gpu_loaders_grouped_give_the_pil_batches(parts):
+    """On a GPU: DALI ``mixed`` and torchvision (JPEG bytes -> nvJPEG, prefetch thread) on grouped captions."""
+    from relground.data.device_decode import TORCHVISION_TOLERANCE
+
+    reference = list(build_dataloader(config("pil"), dataset(parts), train=True, seed=1))
+    loader = build_dataloader(config("torchvision"), dataset(parts, raw_images="jpeg"), train=True, seed=1,
+                              device_id=0)
+    batches = [b.to("cpu") for b in loader]
+    assert_same_batches(batches, reference, TORCHVISION_TOLERANCE)
+    if pytest.importorskip("nvidia.dali", reason="nvidia-dali-cuda130 not installed"):
+        from relground.data.dali import PIL_TOLERANCE
+
+        dali = build_dataloader(config("dali"), dataset(parts, load_images=False), train=True, seed=1, device_id=0)
+        batches = [b.to("cpu") for b in dali]
+        assert all(b.images.device.type == "cpu" for b in batches)
+        assert_same_batches(batches, reference, PIL_TOLERANCE)
