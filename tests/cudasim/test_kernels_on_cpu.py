@@ -100,9 +100,10 @@ def small_grid(monkeypatch):
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float16), ids=_label)
 def test_long_rows_and_split_grids(cudasim, small_grid, dtype):
-    """topk_select: rows of 700 (> 256 threads), 7 rows in chunks of 3 blocks; self_taught_targets: M = 300
-    (> 128 threads), B * P = 8 in chunks; pairwise_iou: 3 blocks of 256 threads over 5600 outputs (grid-stride)."""
-    scores, valid = random_scores(7, 700, dtype, "cpu", 3, levels=50), random_valid(7, 700, "cpu", 3)
+    """topk_select: rows of 1100 (> 256 threads, and > 1024: a block sized by the row would be refused), 7 rows in
+    chunks of 3 blocks; self_taught_targets: M = 300 (> 128 threads), B * P = 8 in chunks; pairwise_iou: 3 blocks of
+    256 threads over 5600 outputs (grid-stride)."""
+    scores, valid = random_scores(7, 1100, dtype, "cpu", 3, levels=50), random_valid(7, 1100, "cpu", 3)
     assert_outputs_close(cudasim.topk_select(scores, 37, valid), TESTERS["topk_select"]().reference_fn(scores, 37, valid),
                          "topk_select")
     boxes, attention = clustered_boxes(2, 300, dtype, "cpu", 5), random_attention(2, 4, 300, dtype, "cpu", 5)
