@@ -129,6 +129,11 @@ class LossConfig:
             )
         if self.reference_images < 1:
             raise ValueError(f"loss.reference_images must be >= 1, got {self.reference_images}")
+        if self.normalization == "image" and self.ranking_form != "hinge":
+            raise ValueError(
+                "loss.normalization: image is the authors' per-image sums, with their hinge ranking loss "
+                f"(loss.ranking_form: hinge); got ranking_form {self.ranking_form!r}"
+            )
         if not 0.0 <= self.iou_threshold <= 1.0:
             raise ValueError(f"loss.iou_threshold must be in [0, 1], got {self.iou_threshold}")
 
