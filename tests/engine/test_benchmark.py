@@ -14,7 +14,7 @@ from relground.engine.benchmark import run_benchmark, synthetic_shapes_config
 from relground.engine.defaults import build_loader, build_model, build_train_loader
 from relground.evaluation.inference import evaluate_model
 
-TINY = ["--synthetic-shapes", "--images", "12", "--height", "64", "--width", "96", "--proposals", "8",
+TINY = ["--synthetic-shapes", "--images", "12", "--height", "64", "--width", "96", "--proposals", "12",
         "--steps", "2", "--warmup", "1", "--json"]
 CPU = ["--set", "model.cache_features=false", "--set", "solver.ims_per_batch=10", "--set", "model.hidden_dim=32",
        "--set", "data.num_workers=0", "--set", "train.threads=1"]
