@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -222,8 +223,13 @@ def test_a_bad_relation_stops_training_before_iteration_0_or_is_skipped(bench, f
                                              r"category 999 outside the file's 0 categories"):
             train(tiny_config(fresh_root, out, iterations=1))
         assert not out.exists()  # before anything was written, let alone iteration 0
-        with caplog.at_level("WARNING"):
-            result = train(tiny_config(fresh_root, out, iterations=1, overrides=["data.skip_invalid=true"]))
+        relground_logger = logging.getLogger("relground")  # it does not propagate to the root (caplog's) handler
+        relground_logger.addHandler(caplog.handler)
+        try:
+            with caplog.at_level("WARNING"):
+                result = train(tiny_config(fresh_root, out, iterations=1, overrides=["data.skip_invalid=true"]))
+        finally:
+            relground_logger.removeHandler(caplog.handler)
     assert result["status"] == "finished"
     assert re.search(rf"relations_train\.json: skipped 1 invalid item\(s\): {TRAIN_IMAGE}: .*relation category 999",
                      caplog.text), caplog.text
