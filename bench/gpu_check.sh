@@ -190,7 +190,7 @@ else
   train_step step_fastest_cpu 60 --set data.captions_per_image=5 --set model.fold_backbone_bn=true
   wanted step_cuda_graph && record step_cuda_graph skipped 0 "CPU mode: train.cuda_graph needs CUDA"
 fi
-phase decode_cuda 60 "${PYTEST[@]}" tests/data/test_decode_paths.py -k cuda  # nvJPEG + side-stream prefetch vs PIL
+phase decode_cuda 90 "${PYTEST[@]}" tests/data/test_decode_paths.py -k cuda  # nvJPEG + side-stream prefetch vs PIL
 
 # ---- op benchmarks (last: the training step matters more when the budget runs short) ----
 if [[ $MODE == gpu ]]; then

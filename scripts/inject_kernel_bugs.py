@@ -92,7 +92,10 @@ def run_detector(name: str, override: str, out_dir: str) -> tuple[bool, str]:
            "CUDASIM_TIMEOUT_S": "5", **extra_env}
     if sanitize:
         env.update(_sanitizer_env(sanitize))
-    cmd = [sys.executable, "-m", "pytest", *selection, "-x", "-q", "-p", "no:cacheprovider", "-W", "ignore"]
+    # --capture=sys: a sanitizer writes its report to file descriptor 2 and ends the process, which pytest's default
+    # capture of the descriptors would swallow.
+    cmd = [sys.executable, "-m", "pytest", *selection, "-x", "-q", "-p", "no:cacheprovider", "-W", "ignore",
+           "--capture=sys"]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     output = result.stdout + result.stderr
     if result.returncode == 0:
@@ -101,11 +104,12 @@ def run_detector(name: str, override: str, out_dir: str) -> tuple[bool, str]:
 
 
 def first_report_line(output: str) -> str:
-    for pattern in (r"ERROR: AddressSanitizer: [^\n]+", r"WARNING: ThreadSanitizer: [^\n]+", r"cudasim: [^\n]+",
+    for pattern in (r"ERROR: AddressSanitizer: [^\n]+", r"WARNING: ThreadSanitizer: [^\n]+\n[^\n]+",
+                    r"cudasim: [^\n]+\n[^\n]+",
                     r"FAILED [^\n]+", r"E   [^\n]+"):
         match = re.search(pattern, output)
         if match:
-            return match.group(0).strip()[:160]
+            return " ".join(match.group(0).split())[:200]
     return output.strip().splitlines()[-1][:160] if output.strip() else "(no output)"
 
 

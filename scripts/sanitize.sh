@@ -12,7 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export PYTHONPATH=$PWD OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 CUDASIM_TIMEOUT_S=${CUDASIM_TIMEOUT_S:-60}
-PYTEST=("$PY" -m pytest -q -p no:cacheprovider -W ignore)
+# --capture=sys: a sanitizer reports on file descriptor 2 and ends the process; pytest's descriptor capture would
+# swallow the report.
+PYTEST=("$PY" -m pytest -q -p no:cacheprovider -W ignore --capture=sys)
 KINDS=("${@:-address thread}")
 status=0
 for kind in ${KINDS[*]}; do

@@ -65,8 +65,8 @@ void self_taught_targets_forward_kernel(const scalar_t* boxes, const scalar_t* s
   });
 }
 
-// Only valid boxes are checked: padding rows may hold anything. (The CUDA kernel skips this check
-// to avoid a device sync; there a non-finite box simply gets IoU 0 and is never selected.)
+// Only valid boxes are checked: padding rows may hold anything. (The CUDA kernel makes the same check on
+// the device, RELGROUND_DEVICE_CHECK, so that no value is read on the host.)
 template <typename scalar_t>
 void check_finite_boxes(const scalar_t* boxes, const bool* valid, int64_t B, int64_t M) {
   for (int64_t i = 0; i < B * M; ++i) {
