@@ -150,7 +150,8 @@ class ModelConfig:
             (random init, on purpose). None: training a real dataset with a frozen backbone is refused.
         backbone_layout: ``auto`` (told by the weight file's key names, :func:`relground.model.resnet_weights.
             detect_layout`), ``torchvision`` or ``msra`` (a Caffe ResNet in torchvision's names). Training checks
-            ``stride_in_1x1`` and ``data.pixel_format`` against it.
+            ``stride_in_1x1`` and ``data.pixel_format`` against it. ``as_configured``: the two keys are taken as
+            written, unchecked (the authors' own mix: MSRA weights in a ResNet that strides the 3x3 conv).
         stride_in_1x1: put the stride of each stage on the 1x1 conv (MSRA/Caffe ResNets, e.g. the
             bottom-up-attention weights) instead of the 3x3 conv (torchvision).
         freeze_backbone: the whole ResNet (stem..layer4) in eval mode without gradients, as the authors.
@@ -341,7 +342,7 @@ class ModelConfig:
             "ranking_projection": RANKING_PROJECTIONS,
             "head_init": HEAD_INITS,
         }
-        choices["backbone_layout"] = ("auto", "torchvision", "msra")
+        choices["backbone_layout"] = ("auto", "torchvision", "msra", "as_configured")
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"model.{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -32,6 +32,8 @@ def check_backbone_weights(cfg: Config) -> None:
     if m.backbone_weights == RANDOM_WEIGHTS:
         return
     state, meta = read_weight_file(m.backbone_weights)
+    if m.backbone_layout == "as_configured":  # a mix said on purpose (the authors' config): the file is only read
+        return
     found = detect_layout(state, meta) if m.backbone_layout == "auto" else layout(m.backbone_layout)
     if found is None:
         return  # names that tell nothing (map_resnet_state_dict names what it misses)

@@ -93,6 +93,12 @@ def test_a_layout_mismatch_names_both_keys(weight_files):
         with pytest.raises(ValueError, match=r"msra ResNet.*model\.stride_in_1x1=true.*data\.pixel_format=caffe_bgr"):
             check_backbone_weights(load_config(
                 "flickr30k_reir.yaml", [f"model.backbone_weights={weight_files[convention]}", *TORCHVISION_PIXELS]))
+    # the authors' own mix (MSRA weights, the stride on the 3x3 conv): refused under auto, taken as written when said
+    authors_mix = [f"model.backbone_weights={weight_files['detectron2']}", "model.stride_in_1x1=false"]
+    with pytest.raises(ValueError, match=r"msra ResNet.*needs model\.stride_in_1x1=true \(is false\)\. Set"):
+        check_backbone_weights(load_config("flickr30k_reir.yaml", authors_mix))
+    check_backbone_weights(load_config("flickr30k_reir.yaml", [*authors_mix, "model.backbone_layout=as_configured"]))
+    check_backbone_weights(load_config("flickr30k_reir_authors.yaml", [authors_mix[0]]))
     # a Caffe ResNet in torchvision's names: model.backbone_layout says so
     check_backbone_weights(load_config(
         "flickr30k_reir.yaml", [f"model.backbone_weights={weight_files['torchvision']}", "model.backbone_layout=msra"]))
