@@ -17,12 +17,7 @@ def expect_file(path: str | os.PathLike, what: str, advice: str = "") -> Path:
         FileNotFoundError: nothing there (``"<what> not found: <path>"``).
         ValueError: a folder (or another non-file) there; the message names ``what`` and ``advice``.
     """
-    path = Path(path)
-    if path.is_file():
-        return path
-    if not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path}" + (f" ({advice})" if advice else ""))
-    raise ValueError(f"{path}: {what} is {_kind(path)}, not a file" + (f"; {advice}" if advice else ""))
+    return _expect_kind(Path(path), Path.is_file, "a file", what, advice)
 
 
 def expect_folder(path: str | os.PathLike, what: str, advice: str = "") -> Path:
@@ -32,12 +27,15 @@ def expect_folder(path: str | os.PathLike, what: str, advice: str = "") -> Path:
         FileNotFoundError: nothing there.
         ValueError: a file there.
     """
-    path = Path(path)
-    if path.is_dir():
+    return _expect_kind(Path(path), Path.is_dir, "a folder", what, advice)
+
+
+def _expect_kind(path: Path, is_kind, kind: str, what: str, advice: str) -> Path:
+    if is_kind(path):
         return path
     if not path.exists():
         raise FileNotFoundError(f"{what} not found: {path}" + (f" ({advice})" if advice else ""))
-    raise ValueError(f"{path}: {what} is {_kind(path)}, not a folder" + (f"; {advice}" if advice else ""))
+    raise ValueError(f"{path}: {what} is {_kind(path)}, not {kind}" + (f"; {advice}" if advice else ""))
 
 
 def check_can_create_folder(path: str | os.PathLike, what: str, advice: str = "") -> Path:
